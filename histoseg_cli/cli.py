@@ -1,0 +1,128 @@
+"""What every command shares: common options, error handling, result output.
+
+Each command module defines a plain function and registers it with :func:`command`, which wraps
+it so that ``HistosegError`` becomes one line on stderr and exit code 1 (2 for usage errors),
+any other exception a one-line message too (traceback only with ``--verbose``), and progress
+and logs go to stderr at the level ``--quiet``/``--verbose`` ask for.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import sys
+import traceback
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from histoseg_cli.core.errors import HistosegError
+from histoseg_cli.core.progress import Reporter
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks.",
+                                       rich_help_panel="Output")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.",
+                                     rich_help_panel="Output")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.",
+                                    rich_help_panel="Output")]
+
+stderr = Console(stderr=True)
+
+
+@dataclass
+class Output:
+    """How a command reports: result format on stdout, verbosity on stderr."""
+
+    json: bool = False
+    quiet: bool = False
+    verbose: bool = False
+
+    @property
+    def reporter(self) -> Reporter:
+        return Reporter(enabled=not self.quiet, console=stderr)
+
+    def result(self, payload: dict[str, Any], paths: list[str] | None = None) -> None:
+        """Print the command's result: JSON with ``--json``, else one path per line."""
+        if self.json:
+            sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+        else:
+            for path in paths if paths is not None else [str(payload.get("output", ""))]:
+                sys.stdout.write(f"{path}\n")
+        sys.stdout.flush()
+
+
+def _configure_logging(out: Output) -> None:
+    level = logging.DEBUG if out.verbose else logging.WARNING if out.quiet else logging.INFO
+    logger = logging.getLogger("histoseg")
+    logger.handlers.clear()
+    handler = RichHandler(console=stderr, show_path=False, show_time=False,
+                          rich_tracebacks=False, markup=False)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def command(app: typer.Typer, name: str, panel: str) -> Callable[[Callable[..., Any]], Any]:
+    """Register ``fn`` as ``histoseg NAME``; it must accept ``out: Output`` as keyword.
+
+    The wrapped function keeps ``fn``'s Typer parameters (``verbose``, ``quiet`` and ``json``
+    are added here) and gets an ``Output`` built from them.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, verbose: Verbose = False, quiet: Quiet = False,
+                    json_: Json = False, **kwargs: Any) -> None:
+            out = Output(json=json_, quiet=quiet, verbose=verbose)
+            _configure_logging(out)
+            try:
+                fn(*args, out=out, **kwargs)
+            except HistosegError as err:
+                if verbose:
+                    traceback.print_exc(file=sys.stderr)
+                stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+                raise typer.Exit(err.exit_code) from None
+            except KeyboardInterrupt:
+                stderr.print("[bold red]interrupted[/]; rerun the command to resume or redo it")
+                raise typer.Exit(130) from None
+            except (typer.Exit, typer.Abort, SystemExit):
+                raise
+            except Exception as err:  # noqa: BLE001 - last line of defence for users
+                if verbose:
+                    traceback.print_exc(file=sys.stderr)
+                stderr.print(f"[bold red]error:[/] {type(err).__name__}: {err}"
+                             + ("" if verbose else " (run with --verbose for details)"),
+                             highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+
+        _append_common_params(wrapper, fn)
+        app.command(name, rich_help_panel=panel, no_args_is_help=True)(wrapper)
+        return fn
+
+    return decorate
+
+
+def _append_common_params(wrapper: Callable[..., Any], fn: Callable[..., Any]) -> None:
+    """Give ``wrapper`` the signature of ``fn`` minus ``out`` plus the common options."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    sig = inspect.signature(fn)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation))
+              for p in sig.parameters.values() if p.name != "out"]
+    common = [
+        inspect.Parameter("json_", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Json),
+        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet),
+        inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=False,
+                          annotation=Verbose),
+    ]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params] + common
+    wrapper.__signature__ = sig.replace(parameters=params,  # type: ignore[attr-defined]
+                                        return_annotation=None)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""One module per ``histoseg`` subcommand; each only parses options and calls the core."""

@@ -1,0 +1,1 @@
+"""The core library every histoseg command shares. It never imports the CLI layer."""

@@ -1,0 +1,109 @@
+"""Registry of the patch-dataset layouts histoseg reads (see ../docs/DATA.md of the method).
+
+A layout says what the class names and colours are and where the splits live: a training
+folder whose file names carry labels, and ``img/`` + ``mask/`` folders for pixel-labelled
+splits. New layouts are added with :func:`register_dataset`, not with if-chains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from histoseg_cli.core.errors import InputError, UsageError
+from histoseg_cli.core.imageio import list_images
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset layout: classes in label order, mask colours, split folder names."""
+
+    name: str
+    description: str
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]  # one row per class, then background
+    train_dirs: tuple[str, ...] = ("train", "training")
+    mask_splits: tuple[str, ...] = ("val", "test")
+    background: str = "white"  # CAM background rule: "white" (grey > 200) or "none"
+    patch_size: int = 224
+
+    def palette_array(self) -> np.ndarray:
+        return np.array(self.palette, dtype=np.uint8)
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    DATASETS[spec.name] = spec
+    return spec
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise UsageError(f"unknown dataset layout '{name}'; choose one of "
+                         f"{', '.join(sorted(DATASETS))}") from None
+
+
+register_dataset(DatasetSpec(
+    name="luad",
+    description="LUAD-HistoSeg: lung adenocarcinoma, 10x, labels like [1 0 0 1]",
+    class_names=("TE", "NEC", "LYM", "TAS"),
+    palette=((205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0), (255, 255, 255)),
+    background="white",
+))
+register_dataset(DatasetSpec(
+    name="bcss",
+    description="BCSS-WSSS: breast cancer, labels like [1001]",
+    class_names=("TUM", "STR", "LYM", "NEC"),
+    palette=((255, 0, 0), (0, 255, 0), (0, 0, 255), (153, 0, 255), (255, 255, 255)),
+    background="none",
+))
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset folder: labelled patches, or images with masks."""
+
+    name: str
+    images: Path
+    masks: Path | None = None
+
+    @property
+    def is_labelled(self) -> bool:
+        return self.masks is None
+
+
+def classify_split(folder: Path, name: str | None = None) -> Split | None:
+    """``folder`` as a split: ``img/`` + ``mask/`` inside, or images directly inside."""
+    name = name or folder.name
+    if (folder / "img").is_dir() and (folder / "mask").is_dir():
+        return Split(name, folder / "img", folder / "mask")
+    if folder.is_dir() and list_images(folder):
+        return Split(name, folder)
+    return None
+
+
+def find_splits(root: Path, spec: DatasetSpec) -> list[Split]:
+    """The splits under ``root``: a split folder itself, or a dataset root holding several."""
+    if not root.exists():
+        raise InputError(root, "no such folder")
+    if not root.is_dir():
+        raise InputError(root, f"not a folder; expected a {spec.name} dataset folder")
+    own = classify_split(root)
+    if own is not None:
+        return [own]
+    splits = []
+    for sub in (*spec.train_dirs, *spec.mask_splits):
+        split = classify_split(root / sub, "train" if sub in spec.train_dirs else sub)
+        if split is not None and all(s.name != split.name for s in splits):
+            splits.append(split)
+    if not splits:
+        raise InputError(root, f"no {spec.name} layout found; expected images with labels in "
+                         f"their names, img/ + mask/ folders, or split folders "
+                         f"({', '.join((*spec.train_dirs, *spec.mask_splits))})")
+    return splits

@@ -1,0 +1,30 @@
+"""Exceptions the CLI turns into one-line messages and exit codes.
+
+Core code raises these for problems the user can fix (bad file, wrong schema, bad label);
+anything else is a bug and is reported with a traceback under ``--verbose``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HistosegError(Exception):
+    """A runtime error caused by the input or environment; exit code 1."""
+
+    exit_code = 1
+
+
+class InputError(HistosegError):
+    """An input file is missing, unreadable or not what was expected."""
+
+    def __init__(self, path: str | Path | None, expected: str) -> None:
+        self.path = None if path is None else Path(path)
+        self.expected = expected
+        super().__init__(f"{path}: {expected}" if path is not None else expected)
+
+
+class UsageError(HistosegError):
+    """Options that do not fit together; exit code 2 like other usage errors."""
+
+    exit_code = 2

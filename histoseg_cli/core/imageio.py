@@ -1,0 +1,55 @@
+"""Reading images and masks with errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from histoseg_cli.core.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An (H, W, 3) uint8 array; alpha is dropped, greyscale expanded."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise InputError(path, f"unreadable image ({err.__class__.__name__}); expected an RGB "
+                         "PNG/JPEG/TIFF") from None
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """An (H, W) uint8 array of class indices from a palette ("P") or greyscale PNG."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("P", "L", "I;16", "I"):
+                mask = np.asarray(im)
+            elif im.mode == "1":
+                mask = np.asarray(im, dtype=np.uint8)
+            else:
+                raise InputError(path, f"mask has mode {im.mode}; expected a palette (P) or "
+                                 "greyscale (L) PNG of class indices")
+    except (UnidentifiedImageError, OSError) as err:
+        raise InputError(path, f"unreadable mask ({err.__class__.__name__})") from None
+    if mask.max(initial=0) > 255:
+        raise InputError(path, "mask values above 255; expected class indices")
+    return mask.astype(np.uint8)
+
+
+def save_palette_png(path: Path, mask: np.ndarray, palette: np.ndarray) -> None:
+    """Write class indices as a palette PNG (colours from ``palette`` rows)."""
+    im = Image.fromarray(mask.astype(np.uint8), mode="P")
+    flat = np.zeros((256, 3), dtype=np.uint8)
+    flat[: len(palette)] = palette
+    im.putpalette(flat.flatten().tolist())
+    im.save(path, format="PNG")
