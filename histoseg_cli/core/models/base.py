@@ -1,0 +1,85 @@
+"""The contract every backbone follows, its registry, and the patch classifier on top.
+
+A backbone returns the activations of three named layers, the last of which is the final
+feature map: the classifier pools that one, and multi-layer Grad-CAM reads all three (b4_5,
+b5_2, bn7 for ResNet-38; the last three stages elsewhere). Backbones are registered by name so
+commands and checkpoints refer to them by string, never through if-chains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+BACKBONES: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+    """Decorator: make a backbone factory available as ``name``."""
+
+    def add(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        BACKBONES[name] = factory
+        return factory
+
+    return add
+
+
+def build_backbone(name: str, **kwargs: Any) -> Backbone:
+    """Instantiate a registered backbone (``ValueError`` listing the choices otherwise)."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name](**kwargs)
+
+
+class Backbone(nn.Module):
+    """Feature extractor exposing three layers for Grad-CAM; the last is the final features."""
+
+    #: names of the three Grad-CAM layers, shallow to deep; the last is the pooled feature map
+    cam_layers: tuple[str, str, str]
+    #: channels of each entry of ``cam_layers``
+    layer_channels: tuple[int, int, int]
+
+    @property
+    def out_channels(self) -> int:
+        return self.layer_channels[-1]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class PatchClassifier(nn.Module):
+    """Backbone -> (PDA while training) -> Dropout2d -> global average pool -> 1x1 ``fc8``.
+
+    ``fc8`` is a bias-free 1x1 convolution so the same weights give class activation maps.
+    ``pda`` is any module taking ``(features, fc8_weight)`` and returning reweighted features;
+    it runs only in training mode, as does dropout: the gate and Grad-CAM see the plain network.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, pda: nn.Module | None = None,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pda = pda
+        self.dropout = nn.Dropout2d(dropout)
+        self.fc8 = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)
+        nn.init.xavier_uniform_(self.fc8.weight)
+
+    @property
+    def num_classes(self) -> int:
+        return self.fc8.out_channels
+
+    def forward_layers(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits (B, C) and the three Grad-CAM activations keyed by layer name."""
+        layers = self.backbone(x)
+        features = layers[self.backbone.cam_layers[-1]]
+        if self.training and self.pda is not None:
+            features = self.pda(features, self.fc8.weight)
+        features = self.dropout(features)
+        pooled = features.mean(dim=(2, 3), keepdim=True)
+        return self.fc8(pooled).flatten(1), layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_layers(x)[0]
