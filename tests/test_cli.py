@@ -1,0 +1,80 @@
+import json
+
+import pytest
+
+from histoseg_cli import __version__
+from histoseg_cli.app import app
+from histoseg_cli.core.artifact import Artifact
+from histoseg_cli.core.demo import DemoConfig, write_demo_dataset
+
+COMMANDS = sorted(c.name for c in app.registered_commands)
+
+
+def test_version(cli):
+    res = cli("--version")
+    assert res.exit_code == 0 and res.stdout.strip() == f"histoseg {__version__}"
+
+
+def test_no_arguments_shows_help(cli):
+    res = cli()
+    assert "Usage" in res.output
+    for name in COMMANDS:
+        assert name in res.output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help(cli, name):
+    res = cli(name, "--help")
+    assert res.exit_code == 0
+    assert "Usage" in res.stdout and "--json" in res.stdout and "--quiet" in res.stdout
+
+
+def test_usage_error_exit_2(cli, tmp_path):
+    res = cli("tile", tmp_path, "-o", tmp_path / "x.h5")
+    assert res.exit_code == 2
+    assert "--dataset" in res.stderr and res.stdout == ""
+    assert cli("tile", tmp_path, "-o", "x.h5", "--masks", tmp_path).exit_code == 2
+
+
+def test_runtime_error_is_one_line_exit_1(cli, tmp_path):
+    res = cli("tile", tmp_path / "missing", "--dataset", "luad", "-o", tmp_path / "x.h5")
+    assert res.exit_code == 1
+    assert res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing: no such folder" in lines[0]
+    assert "Traceback" not in res.stderr
+
+
+def test_bad_label_names_the_file(cli, tmp_path):
+    write_demo_dataset(tmp_path / "d", DemoConfig(patch_size=32, train=3, val=1, test=1))
+    bad = next((tmp_path / "d" / "train").iterdir())
+    bad.rename(bad.with_name("no-label.png"))
+    res = cli("tile", tmp_path / "d" / "train", "--dataset", "luad", "-o", tmp_path / "t.h5")
+    assert res.exit_code == 1
+    assert "no-label.png: file name carries no label" in res.stderr
+    assert not (tmp_path / "t.h5").exists()
+    verbose = cli("tile", tmp_path / "d" / "train", "--dataset", "luad", "-o",
+                  tmp_path / "t.h5", "--verbose")
+    assert verbose.exit_code == 1 and "Traceback" in verbose.stderr
+
+
+def test_demo_data_then_tile_all_splits(cli, tmp_path):
+    res = cli("demo-data", tmp_path / "demo", "--patch-size", "32", "--train", "24", "--val",
+              "6", "--test", "6", "-q")
+    assert res.exit_code == 0 and res.stdout.strip() == str(tmp_path / "demo")
+    assert "SYNTHETIC" in (tmp_path / "demo" / "README.txt").read_text()
+    res = cli("tile", tmp_path / "demo", "--dataset", "luad", "-o", tmp_path / "h5", "--json",
+              "-q")
+    assert res.exit_code == 0, res.output
+    outputs = json.loads(res.stdout)["outputs"]
+    assert [o["output"] for o in outputs] == [str(tmp_path / "h5" / f"{s}.h5")
+                                              for s in ("train", "val", "test")]
+    train = Artifact(tmp_path / "h5" / "train.h5")
+    assert len(train) == 24 and train.class_names == ["TE", "NEC", "LYM", "TAS"]
+    assert len({tuple(r) for r in train.labels().tolist()}) > 1
+    assert not train.has_masks
+    val = Artifact(tmp_path / "h5" / "val.h5")
+    assert len(val) == 6 and val.has_masks and val.meta.patch_size == 32
+    # demo masks use all four classes and the background index 4
+    masks = val.file["masks"][:]
+    assert masks.max() <= 4 and len(set(masks.ravel().tolist())) >= 3
