@@ -62,7 +62,7 @@ class SlideOutcome:
                        level_downsample=f"{res.level_downsample:.4g}",
                        source_mpp=f"{res.source_mpp:.4g}", source_mpp_from=res.source_origin,
                        tissue_fraction=f"{r.tissue_fraction:.3f}", seconds=f"{r.seconds:.2f}",
-                       tiles_per_s=f"{r.patches / max(r.seconds, 1e-9):.1f}")
+                       tiles_per_s=f"{r.tiles_per_s:.1f}")
         return row
 
 
@@ -170,6 +170,7 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[SlideOutcome] = []
     with StripReader(workers) as strips, reporter.bar("tiling", unit="tiles") as bar:
+        strips.start()
         overall = bar.add_task(f"all slides (0/{len(slides)})", total=None)
         for i, (slide, (artifact, preview)) in enumerate(zip(slides, targets)):
             bar.update(overall, description=f"all slides ({i}/{len(slides)})")
@@ -202,7 +203,7 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
                 outcomes.append(SlideOutcome(slide, "done", artifact, preview, result.patches,
                                              result=result))
                 log.info("%s: %d patches in %.1f s (%.0f tiles/s)", slide.name, result.patches,
-                         result.seconds, result.patches / max(result.seconds, 1e-9))
+                         result.seconds, result.tiles_per_s)
             finally:
                 bar.remove_task(task)
             write_manifest(manifest, outcomes)

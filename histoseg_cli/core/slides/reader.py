@@ -112,9 +112,10 @@ class SlideReader:
             raise InputError(self.path, f"unreadable region ({width}x{height} px of level "
                              f"{level} at {x0},{y0}): {_describe(err)}; the file may be "
                              "corrupt or truncated") from None
-        if rgba.mode == "RGBA" and rgba.getextrema()[3][0] < 255:
+        alpha = rgba.getchannel("A") if rgba.mode == "RGBA" else None
+        if alpha is not None and alpha.getextrema()[0] < 255:
             flat = Image.new("RGB", rgba.size, self._background)
-            flat.paste(rgba, mask=rgba.getchannel("A"))
+            flat.paste(rgba, mask=alpha)
             return flat
         return rgba.convert("RGB")
 

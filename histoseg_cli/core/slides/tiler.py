@@ -120,6 +120,10 @@ def read_strip(reader: SlideReader, strip: Strip) -> np.ndarray:
     return np.stack([pixels[y:y + p, x:x + p] for x, y in offsets])
 
 
+def _ready() -> bool:
+    return True
+
+
 class _WorkerSlides:
     """The slide handle of one worker process, reopened when the slide changes."""
 
@@ -174,6 +178,13 @@ class StripReader:
         finally:
             for _, future in pending:
                 future.cancel()
+
+    def start(self) -> None:
+        """Start the worker processes now (so that their start-up is not timed as tiling)."""
+        if self.workers > 1:
+            pool = self._executor()
+            for future in [pool.submit(_ready) for _ in range(self.workers)]:
+                future.result()
 
     def reset(self) -> None:
         """Drop the pool (after a worker crashed); a new one starts on next use."""
