@@ -1,0 +1,171 @@
+"""Benchmark ``histoseg tile`` on a whole slide: tiles/s and peak RSS vs the naive way.
+
+Builds (once, cached outside the repo) a pyramidal JPEG TIFF of --size x --size px at 0.5 mpp
+from real tissue in ../shared/data, then in the same run measures, at --patch-size px and
+--mpp (default 224 px at 1.0 mpp = 10x):
+
+* ours: ``histoseg tile`` with each --workers value, in a fresh process each (peak RSS summed
+  over the process tree, workers included): the whole command (Python start-up, opening,
+  tissue detection, tiling, writing the artifact) and its tiling phase alone (reading +
+  writing tiles: the rate the progress bar and manifest report);
+* naive: ``read_region`` per tile at level 0 + resize, one process, same tiles, no writing;
+* TIAToolbox SlidingWindowPatchExtractor, when tiatoolbox is importable (not a dependency).
+
+Prints tiles/s, ratios to naive and peak RSS. Runs on CPU (reading slides does not use a GPU;
+--device is accepted for symmetry with the other benchmarks and ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+NAIVE = r"""
+import sys, time, json, numpy as np, openslide, h5py
+from PIL import Image
+slide = openslide.OpenSlide(sys.argv[1]); coords = h5py.File(sys.argv[2])["coords"][:]
+size0, size = int(sys.argv[3]), int(sys.argv[4])
+t = time.perf_counter(); total = 0
+for x, y in coords:
+    tile = slide.read_region((int(x), int(y)), 0, (size0, size0)).convert("RGB")
+    arr = np.asarray(tile.resize((size, size), Image.Resampling.LANCZOS)); total += arr[0, 0, 0]
+print(json.dumps({"seconds": time.perf_counter() - t, "tiles": len(coords)}))
+"""
+
+TIA = r"""
+import sys, time, json
+from tiatoolbox.tools.patchextraction import SlidingWindowPatchExtractor
+from tiatoolbox.wsicore.wsireader import WSIReader
+reader = WSIReader.open(sys.argv[1])
+t = time.perf_counter()
+ext = SlidingWindowPatchExtractor(reader, patch_size=(int(sys.argv[2]),) * 2,
+    resolution=float(sys.argv[3]), units="mpp", input_mask="otsu", min_mask_ratio=0.25)
+n = sum(1 for _ in ext)
+print(json.dumps({"seconds": time.perf_counter() - t, "tiles": n}))
+"""
+
+
+class TreePeak:
+    """Peak RSS of a process tree, sampled from /proc (children and grandchildren included)."""
+
+    @staticmethod
+    def sample(root: int) -> float:
+        total = 0
+        pids = [root]
+        while pids:
+            pid = pids.pop()
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    pids.extend(int(p) for p in f.read().split())
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                continue
+        return total / 1024
+
+
+def run_tree(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, peak summed RSS (MB) over the process tree, and stdout."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        peak = 0.0
+        while proc.poll() is None:
+            peak = max(peak, TreePeak.sample(proc.pid))
+            time.sleep(0.05)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"command failed: {' '.join(cmd)}\n{err.read()}")
+        return seconds, peak, out.read()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=20480, help="slide side in px (level 0)")
+    parser.add_argument("--patch-size", type=int, default=224)
+    parser.add_argument("--mpp", type=float, default=1.0, help="target um/px")
+    parser.add_argument("--workers", default="1,2", help="comma-separated --workers values")
+    parser.add_argument("--level-factor", type=int, default=2,
+                        help="pyramid downsample between levels (2: libvips style, 4: Aperio)")
+    parser.add_argument("--cache", type=Path,
+                        default=Path(tempfile.gettempdir()) / "histoseg-bench")
+    parser.add_argument("--naive-limit", type=int, default=600,
+                        help="naive: time this many tiles and extrapolate the rate")
+    parser.add_argument("--device", default="cpu", help="ignored: slide reading is CPU work")
+    args = parser.parse_args()
+
+    from benchmarks.slidegen import build_pyramid_tiff
+
+    slide = args.cache / f"bench-{args.size}-f{args.level_factor}.tiff"
+    if not slide.exists():
+        t = time.perf_counter()
+        build_pyramid_tiff(slide, args.size, args.size, 0.5, factor=args.level_factor)
+        print(f"built {slide} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    print(f"slide: {slide.name}, {args.size}x{args.size} px at 0.5 mpp, levels x"
+          f"{args.level_factor}; target {args.patch_size} px at {args.mpp} mpp; "
+          f"{os.cpu_count()} CPUs")
+
+    rows: list[tuple[str, float, float, int]] = []
+    artifact = None
+    for w in [int(x) for x in args.workers.split(",")]:
+        out_dir = args.cache / f"out-w{w}"
+        cmd = [sys.executable, "-m", "histoseg_cli", "tile", str(slide), "-o", str(out_dir),
+               "--mpp", str(args.mpp), "--patch-size", str(args.patch_size), "--workers",
+               str(w), "--overwrite", "--quiet", "--json"]
+        seconds, peak, out = run_tree(cmd)
+        row = json.loads(out)["slides"][0]
+        n = int(row["patches"])
+        rows.append((f"histoseg tile --workers {w} (whole command)", n / seconds, peak, n))
+        rows.append((f"histoseg tile --workers {w} (tiling phase)", float(row["tiles_per_s"]),
+                     peak, n))
+        artifact = out_dir / f"{slide.stem}.h5"
+
+    import h5py
+
+    with h5py.File(artifact) as f:
+        size0 = int(f["coords"].attrs["patch_size_level0"])
+        limited = artifact.with_name("naive-coords.h5")
+        with h5py.File(limited, "w") as g:
+            g["coords"] = f["coords"][: args.naive_limit]
+    seconds, peak, out = run_tree([sys.executable, "-c", NAIVE, str(slide), str(limited),
+                                   str(size0), str(args.patch_size)])
+    naive = json.loads(out)
+    naive_rate = naive["tiles"] / naive["seconds"]
+    rows.append(("naive read_region + resize", naive_rate, peak, naive["tiles"]))
+    try:
+        import tiatoolbox  # noqa: F401
+    except ImportError:
+        print("TIAToolbox not installed: skipped")
+    else:
+        seconds, peak, out = run_tree([sys.executable, "-c", TIA, str(slide),
+                                       str(args.patch_size), str(args.mpp)])
+        tia = json.loads(out)
+        rows.append(("TIAToolbox SlidingWindowPatchExtractor", tia["tiles"] / tia["seconds"],
+                     peak, tia["tiles"]))
+
+    print(f"{'method':42s} {'tiles':>7s} {'tiles/s':>9s} {'x naive':>8s} {'peak RSS MB':>12s}")
+    for name, rate, peak, n in rows:
+        print(f"{name:42s} {n:7d} {rate:9.1f} {rate / naive_rate:8.2f} {peak:12.0f}")
+    ours = [r for r in rows if r[0].endswith("(tiling phase)")]
+    if len(ours) > 1:
+        print(f"scaling --workers {args.workers}: "
+              + ", ".join(f"{r[1] / ours[0][1]:.2f}x" for r in ours))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""A slide or a folder of slides -> one artifact + preview per slide, a manifest, a summary.
+
+Folders are searched recursively by extension. A slide whose artifact is already complete is
+skipped (``overwrite`` redoes it); a slide that fails is reported and the others go on. The
+manifest CSV is rewritten (atomically) after every slide, so it is current even if the run is
+interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from collections.abc import Iterable
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+from histoseg_cli.core.artifact import Artifact
+from histoseg_cli.core.atomic import write_text_atomic
+from histoseg_cli.core.errors import HistosegError, InputError
+from histoseg_cli.core.progress import SILENT, Reporter
+from histoseg_cli.core.slides.extract import SlideConfig, SlideResult, tile_slide
+from histoseg_cli.core.slides.reader import SLIDE_SUFFIXES
+from histoseg_cli.core.slides.tiler import StripReader
+
+log = logging.getLogger("histoseg")
+
+MANIFEST = "manifest.csv"
+PREVIEW_SUFFIX = ".thumbnail.png"
+MANIFEST_FIELDS = ("slide", "status", "output", "thumbnail", "patches", "grid_tiles", "mpp",
+                   "magnification", "level", "level_downsample", "source_mpp", "source_mpp_from",
+                   "tissue_fraction", "seconds", "tiles_per_s", "error")
+
+
+@dataclass
+class SlideOutcome:
+    """What happened to one slide in a run: done, skipped (already complete) or failed."""
+
+    slide: Path
+    status: str
+    output: Path
+    thumbnail: Path
+    patches: int | None = None
+    error: str = ""
+    result: SlideResult | None = None
+
+    def row(self) -> dict[str, object]:
+        row: dict[str, object] = {"slide": self.slide, "status": self.status,
+                                  "output": self.output if self.status != "failed" else "",
+                                  "thumbnail": self.thumbnail if self.thumbnail.exists() else "",
+                                  "patches": "" if self.patches is None else self.patches,
+                                  "error": self.error}
+        r = self.result
+        if r is not None:
+            res = r.resolution
+            row.update(grid_tiles=r.grid_tiles, mpp=f"{res.mpp:.4g}",
+                       magnification=f"{res.magnification:.4g}", level=res.level,
+                       level_downsample=f"{res.level_downsample:.4g}",
+                       source_mpp=f"{res.source_mpp:.4g}", source_mpp_from=res.source_origin,
+                       tissue_fraction=f"{r.tissue_fraction:.3f}", seconds=f"{r.seconds:.2f}",
+                       tiles_per_s=f"{r.tiles_per_s:.1f}")
+        return row
+
+
+@dataclass
+class BatchSummary:
+    """The outcome of every slide of a run and where the manifest is."""
+
+    outcomes: list[SlideOutcome]
+    manifest: Path
+    seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[SlideOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"manifest": str(self.manifest),
+                "slides": [{k: str(v) if isinstance(v, Path) else v for k, v in o.row().items()}
+                           for o in self.outcomes]}
+
+
+def find_slides(source: Path, exclude: Path | None = None) -> list[Path]:
+    """``source`` itself, or the slide files under it (recursive, sorted, hidden skipped).
+
+    A folder of DICOM files is one slide (OpenSlide finds the other levels beside the first).
+    """
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise InputError(source, "no such file or folder (expected a slide or a folder of "
+                         "slides)")
+    found: list[Path] = []
+    dicom_dirs: set[Path] = set()
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if exclude is not None and path.resolve().is_relative_to(exclude.resolve()):
+            continue
+        suffix = path.suffix.lower()
+        if suffix not in SLIDE_SUFFIXES:
+            continue
+        if suffix == ".dcm":
+            if path.parent in dicom_dirs:
+                continue
+            dicom_dirs.add(path.parent)
+        found.append(path)
+    if not found:
+        raise InputError(source, f"no slide files found (expected {', '.join(SLIDE_SUFFIXES)});"
+                         " for a patch dataset pass --dataset, for images with masks --masks")
+    return found
+
+
+def output_paths(slides: list[Path], source: Path, out_dir: Path) -> list[tuple[Path, Path]]:
+    """(artifact, thumbnail) for each slide, mirroring sub-folders of ``source``; slides whose
+    names differ only by extension keep it (``a.svs.h5``)."""
+    root = source if source.is_dir() else source.parent
+    stems = [s.relative_to(root).with_suffix("") for s in slides]
+    clash = {s for s in stems if stems.count(s) > 1}
+    paths = []
+    for slide, stem in zip(slides, stems):
+        base = out_dir / (stem.with_name(slide.name) if stem in clash else stem)
+        paths.append((base.with_name(base.name + ".h5"), base.with_name(base.name + PREVIEW_SUFFIX)))
+    return paths
+
+
+def is_complete(artifact: Path) -> int | None:
+    """The patch count of a complete artifact at ``artifact``, else None."""
+    if not artifact.exists():
+        return None
+    try:
+        with Artifact(artifact) as done:
+            return len(done)
+    except (HistosegError, OSError):
+        log.info("%s is incomplete or unreadable; redoing it", artifact)
+        return None
+
+
+def write_manifest(path: Path, outcomes: Iterable[SlideOutcome]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for outcome in outcomes:
+        writer.writerow(outcome.row())
+    return write_text_atomic(path, buffer.getvalue())
+
+
+def _describe_failure(slide: Path, err: BaseException) -> str:
+    if isinstance(err, HistosegError):
+        return str(err)
+    if isinstance(err, BrokenProcessPool):
+        return f"{slide}: a worker process died while reading it (corrupt file?)"
+    return f"{slide}: {type(err).__name__}: {err}"
+
+
+def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: int = 1,
+                overwrite: bool = False, reporter: Reporter = SILENT) -> BatchSummary:
+    """Tile a slide or every slide under a folder into ``out_dir``; the reporter shows
+    per-slide and overall progress and, at the end, a summary table."""
+    start = time.perf_counter()
+    slides = find_slides(source, exclude=out_dir)
+    targets = output_paths(slides, source, out_dir)
+    manifest = out_dir / MANIFEST
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes: list[SlideOutcome] = []
+    with StripReader(workers) as strips, reporter.bar("tiling", unit="tiles") as bar:
+        strips.start()
+        overall = bar.add_task(f"all slides (0/{len(slides)})", total=None)
+        for i, (slide, (artifact, preview)) in enumerate(zip(slides, targets)):
+            bar.update(overall, description=f"all slides ({i}/{len(slides)})")
+            existing = None if overwrite else is_complete(artifact)
+            if existing is not None:
+                outcomes.append(SlideOutcome(slide, "skipped", artifact, preview, existing))
+                log.info("%s: complete output %s, skipped (--overwrite redoes it)", slide.name,
+                         artifact)
+                continue
+            task = bar.add_task(slide.name, total=None)
+            seen = [0]
+
+            def advance(done: int, total: int, task: int = task, seen: list[int] = seen) -> None:
+                bar.update(task, total=total, completed=done)
+                bar.advance(overall, done - seen[0])
+                seen[0] = done
+
+            try:
+                result = tile_slide(slide, artifact, preview, config, strips, advance)
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # noqa: BLE001 - one bad slide must not stop the others
+                if isinstance(err, BrokenProcessPool):
+                    strips.reset()
+                message = _describe_failure(slide, err)
+                log.error("%s", message)
+                log.debug("details", exc_info=True)
+                outcomes.append(SlideOutcome(slide, "failed", artifact, preview, error=message))
+            else:
+                outcomes.append(SlideOutcome(slide, "done", artifact, preview, result.patches,
+                                             result=result))
+                log.info("%s: %d patches in %.1f s (%.0f tiles/s)", slide.name, result.patches,
+                         result.seconds, result.tiles_per_s)
+            finally:
+                bar.remove_task(task)
+            write_manifest(manifest, outcomes)
+        tiles = next(t.completed for t in bar.tasks if t.id == overall)
+        bar.update(overall, description=f"all slides ({len(slides)}/{len(slides)})",
+                   total=tiles)
+    write_manifest(manifest, outcomes)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    summary = BatchSummary(outcomes, manifest, time.perf_counter() - start, counts)
+    if reporter.enabled:
+        reporter.console.print(summary_table(summary))
+    return summary
+
+
+def summary_table(summary: BatchSummary) -> Table:
+    """One row per slide: status, patches, resolution, speed, error."""
+    counts = ", ".join(f"{n} {s}" for s, n in summary.counts.items() if n)
+    made = sum(o.patches or 0 for o in summary.outcomes if o.status == "done")
+    table = Table(title=f"tile: {len(summary.outcomes)} slides ({counts}); {made} new patches "
+                  f"in {summary.seconds:.1f} s ({made / max(summary.seconds, 1e-9):.0f} "
+                  "tiles/s)", title_justify="left")
+    for name, justify in (("slide", "left"), ("status", "left"), ("patches", "right"),
+                          ("mpp", "right"), ("level", "right"), ("s", "right"),
+                          ("tiles/s", "right"), ("note", "left")):
+        table.add_column(name, justify=justify,  # type: ignore[arg-type]
+                         no_wrap=name != "note", overflow="fold" if name == "slide" else "ellipsis",
+                         min_width=None if name in ("slide", "note") else len(name))
+    style = {"done": "green", "skipped": "dim", "failed": "bold red"}
+    for o in summary.outcomes:
+        row = o.row()
+        note = o.error.removeprefix(f"{o.slide}: ").split(";")[0]  # full text in the log
+        table.add_row(o.slide.name, f"[{style[o.status]}]{o.status}[/]", str(row["patches"]),
+                      str(row.get("mpp", "")), str(row.get("level", "")),
+                      str(row.get("seconds", "")), str(row.get("tiles_per_s", "")), note)
+    return table

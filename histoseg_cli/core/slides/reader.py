@@ -1,0 +1,151 @@
+"""One small interface over OpenSlide and plain images: geometry, resolution, RGB regions.
+
+Everything above this module sees a :class:`SlideReader`; whether pixels come from an OpenSlide
+pyramid (svs, ndpi, mrxs, tiled TIFF, DICOM, ...) or from a plain PNG/JPEG/TIFF decoded by PIL
+(OpenSlide's ``ImageSlide``) is decided here once, when the file is opened.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openslide
+from PIL import Image, UnidentifiedImageError
+
+from histoseg_cli.core.errors import InputError
+
+#: File name endings tried as slides (OpenSlide formats plus plain images).
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".bif", ".vms", ".vmu",
+                  ".svslide", ".dcm", ".png", ".jpg", ".jpeg")
+PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+#: Largest region (pixels) read at once when a caller asks for more, e.g. thumbnails of a
+#: slide without a low-resolution level: bounds memory whatever the slide size.
+MAX_REGION_PIXELS = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """What a slide says about itself."""
+
+    path: Path
+    vendor: str  # OpenSlide vendor, or "image" for plain images
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp: float | None  # micrometres per pixel at level 0, when recorded
+    objective_power: float | None  # scanner magnification of level 0, when recorded
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+
+def _float_property(props: dict[str, str], key: str) -> float | None:
+    try:
+        value = float(props[key])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+class SlideReader:
+    """An open slide; reads RGB regions (transparent areas become white)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._slide = self._open()
+        props = dict(self._slide.properties)
+        mpp_x = _float_property(props, openslide.PROPERTY_NAME_MPP_X)
+        mpp_y = _float_property(props, openslide.PROPERTY_NAME_MPP_Y)
+        self.info = SlideInfo(
+            path=self.path,
+            vendor=props.get(openslide.PROPERTY_NAME_VENDOR, "image"),
+            level_dimensions=tuple(tuple(d) for d in self._slide.level_dimensions),
+            level_downsamples=tuple(float(d) for d in self._slide.level_downsamples),
+            mpp=(mpp_x + mpp_y) / 2 if mpp_x and mpp_y else mpp_x or mpp_y,
+            objective_power=_float_property(props, openslide.PROPERTY_NAME_OBJECTIVE_POWER),
+        )
+        background = props.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR, "FFFFFF")
+        try:
+            self._background = tuple(bytes.fromhex(background))[:3]
+        except ValueError:
+            self._background = (255, 255, 255)
+
+    def _open(self) -> openslide.AbstractSlide:
+        path = self.path
+        if not path.is_file():
+            raise InputError(path, "no such file (expected a slide)")
+        try:
+            return openslide.OpenSlide(path)
+        except openslide.OpenSlideUnsupportedFormatError:
+            if path.suffix.lower() not in PLAIN_SUFFIXES:
+                raise InputError(path, "unsupported or corrupt slide: OpenSlide cannot read it "
+                                 f"(expected one of {', '.join(SLIDE_SUFFIXES)})") from None
+        except openslide.OpenSlideError as err:
+            raise InputError(path, f"corrupt slide ({_describe(err)})") from None
+        try:
+            return openslide.ImageSlide(path)
+        except Image.DecompressionBombError:
+            raise InputError(path, "plain image too large to decode whole; convert it to a "
+                             "tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)") from None
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise InputError(path, f"unreadable image ({_describe(err)}); expected a slide or "
+                             "an RGB PNG/JPEG/TIFF") from None
+
+    def read(self, level: int, x0: int, y0: int, width: int, height: int) -> Image.Image:
+        """RGB region of ``width`` x ``height`` pixels of ``level`` at level-0 point (x0, y0)."""
+        try:
+            rgba = self._slide.read_region((int(x0), int(y0)), level, (int(width), int(height)))
+        except (openslide.OpenSlideError, OSError, ValueError) as err:
+            raise InputError(self.path, f"unreadable region ({width}x{height} px of level "
+                             f"{level} at {x0},{y0}): {_describe(err)}; the file may be "
+                             "corrupt or truncated") from None
+        alpha = rgba.getchannel("A") if rgba.mode == "RGBA" else None
+        if alpha is not None and alpha.getextrema()[0] < 255:
+            flat = Image.new("RGB", rgba.size, self._background)
+            flat.paste(rgba, mask=alpha)
+            return flat
+        return rgba.convert("RGB")
+
+    def thumbnail(self, max_side: int) -> np.ndarray:
+        """An RGB overview (H, W, 3) whose longer side is at most ``max_side``, covering the
+        whole slide. Read in bands from the coarsest level fine enough, so a slide without
+        low-resolution levels never has a whole level in memory."""
+        w0, h0 = self.info.dimensions
+        scale0 = max(1.0, max(w0, h0) / max_side)  # level-0 pixels per thumbnail pixel
+        level = max(i for i, d in enumerate(self.info.level_downsamples) if d <= scale0 * 1.01)
+        ds = self.info.level_downsamples[level]
+        lw, lh = self.info.level_dimensions[level]
+        s = scale0 / ds  # level pixels per thumbnail pixel
+        tw, th = max(1, round(w0 / scale0)), max(1, round(h0 / scale0))
+        band = max(1, int(MAX_REGION_PIXELS // max(1, lw) / s))  # thumbnail rows per band
+        rows = []
+        for t0 in range(0, th, band):
+            t1 = min(th, t0 + band)
+            ly0, ly1 = t0 * s, min(lh, t1 * s)
+            iy0, iy1 = int(ly0), min(lh, math.ceil(ly1))
+            region = self.read(level, 0, round(iy0 * ds), lw, max(1, iy1 - iy0))
+            box = (0.0, ly0 - iy0, min(lw, tw * s), max(ly0 - iy0 + 1e-3, ly1 - iy0))
+            rows.append(np.asarray(region.resize((tw, t1 - t0), Image.Resampling.BOX, box=box)))
+        return np.concatenate(rows)
+
+    def close(self) -> None:
+        self._slide.close()
+
+    def __enter__(self) -> SlideReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

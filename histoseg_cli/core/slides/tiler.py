@@ -1,0 +1,204 @@
+"""Streaming tiles out of a slide: grid, strip tasks, strip reading, parallel workers.
+
+Kept tiles are grouped into strips: a few consecutive grid rows and a run of columns, read from
+the chosen pyramid level as ONE region (so each compressed tile of the file is decoded about
+once, not once per patch), resampled once with an antialiasing filter, then cut. A strip's
+region is bounded (``max_region_pixels``), so memory does not grow with the slide. Strips are
+read in worker processes, each with its own slide handle, and come back in grid order.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from histoseg_cli.core.slides.reader import SlideReader
+
+#: Level pixels read at once for one strip (about 4 bytes each while decoding).
+MAX_REGION_PIXELS = 12 * 1024 * 1024
+#: Height of a strip in level pixels: several rows of the file's tiles, so that tiles shared
+#: by two strips (decoded twice) are few.
+STRIP_HEIGHT = 2048
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Tile origins on the target-resolution pixel grid (full tiles only)."""
+
+    patch_size: int
+    stride: int
+    width: int  # slide size in target pixels
+    height: int
+
+    @property
+    def xs(self) -> np.ndarray:
+        return np.arange(0, self.width - self.patch_size + 1, self.stride, dtype=np.int64)
+
+    @property
+    def ys(self) -> np.ndarray:
+        return np.arange(0, self.height - self.patch_size + 1, self.stride, dtype=np.int64)
+
+    def origins(self) -> np.ndarray:
+        """All tile origins (N, 2) as (x, y), row by row."""
+        xs, ys = np.meshgrid(self.xs, self.ys)
+        return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+@dataclass(frozen=True)
+class Strip:
+    """One region of a level to read and the tiles to cut from it."""
+
+    path: Path
+    level: int
+    level_downsample: float
+    scale: float  # level pixels per target pixel
+    tiles: np.ndarray  # (K, 2) target-pixel origins (x, y), grid order
+    patch_size: int
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """Target-pixel bounds (x0, y0, x1, y1) of the tiles."""
+        (x0, y0), (x1, y1) = self.tiles.min(axis=0), self.tiles.max(axis=0) + self.patch_size
+        return int(x0), int(y0), int(x1), int(y1)
+
+
+def plan_strips(tiles: np.ndarray, grid: Grid, *, path: Path, level: int,
+                level_downsample: float, scale: float,
+                max_region_pixels: int = MAX_REGION_PIXELS) -> list[Strip]:
+    """Group kept tile origins (grid order) into strips of bounded region size.
+
+    A strip spans up to ``STRIP_HEIGHT`` level pixels of consecutive grid rows and a run of
+    columns; runs break where two or more columns in a row have no kept tile, so glass between
+    tissue pieces is not decoded.
+    """
+    if len(tiles) == 0:
+        return []
+    side = grid.patch_size * scale  # a tile's side in level pixels
+    step = grid.stride * scale
+    rows_per_strip = max(1, int((STRIP_HEIGHT - side) // step) + 1)
+    height = (rows_per_strip - 1) * step + side
+    cols_per_strip = max(1, int((max_region_pixels / height - side) // step) + 1)
+    rows = tiles[:, 1] // grid.stride
+    cols = tiles[:, 0] // grid.stride
+    band = rows // rows_per_strip
+    strips = []
+    for sel in np.split(np.arange(len(tiles)), np.flatnonzero(np.diff(band)) + 1):
+        used = np.unique(cols[sel])
+        for run in np.split(used, np.flatnonzero(np.diff(used) > 2) + 1):
+            for c0 in range(int(run[0]), int(run[-1]) + 1, cols_per_strip):
+                part = sel[(cols[sel] >= c0) & (cols[sel] < c0 + cols_per_strip)]
+                if len(part):
+                    strips.append(Strip(path, level, level_downsample, scale, tiles[part],
+                                        grid.patch_size))
+    return strips
+
+
+def read_strip(reader: SlideReader, strip: Strip) -> np.ndarray:
+    """The strip's patches (K, P, P, 3) uint8, in the strip's tile order."""
+    x0, y0, x1, y1 = strip.box
+    s = strip.scale
+    lx0, ly0, lx1, ly1 = x0 * s, y0 * s, x1 * s, y1 * s
+    ix0, iy0 = math.floor(lx0), math.floor(ly0)
+    ix1, iy1 = math.ceil(lx1 - 1e-6), math.ceil(ly1 - 1e-6)
+    ds = strip.level_downsample
+    region = reader.read(strip.level, round(ix0 * ds), round(iy0 * ds), ix1 - ix0, iy1 - iy0)
+    if s != 1.0:
+        box = (lx0 - ix0, ly0 - iy0, lx1 - ix0, ly1 - iy0)
+        region = region.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS, box=box,
+                               reducing_gap=3.0)
+    pixels = np.asarray(region)
+    p = strip.patch_size
+    offsets = strip.tiles - np.array([x0, y0])
+    return np.stack([pixels[y:y + p, x:x + p] for x, y in offsets])
+
+
+def _ready() -> bool:
+    return True
+
+
+class _WorkerSlides:
+    """The slide handle of one worker process, reopened when the slide changes."""
+
+    reader: SlideReader | None = None
+
+    @classmethod
+    def read(cls, strip: Strip) -> np.ndarray:
+        if cls.reader is None or cls.reader.path != strip.path:
+            if cls.reader is not None:
+                cls.reader.close()
+            cls.reader = SlideReader(strip.path)
+        return read_strip(cls.reader, strip)
+
+
+class StripReader:
+    """Reads strips in order, in this process (``workers=1``) or in worker processes.
+
+    At most ``2 * workers`` strips are in flight, which bounds memory. The pool is created on
+    first use and reused across slides; call :meth:`close` (or use ``with``).
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = max(1, workers)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers,
+                                             mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def iter_read(self, strips: Sequence[Strip],
+                  reader: SlideReader) -> Iterator[tuple[Strip, np.ndarray]]:
+        """Yield ``(strip, patches)`` in the order of ``strips``; ``reader`` (the caller's
+        open slide) is used when there is a single worker."""
+        if self.workers == 1:
+            for strip in strips:
+                yield strip, read_strip(reader, strip)
+            return
+        pool = self._executor()
+        pending: deque[tuple[Strip, Future[np.ndarray]]] = deque()
+        todo = iter(strips)
+        try:
+            for strip in todo:
+                pending.append((strip, pool.submit(_WorkerSlides.read, strip)))
+                if len(pending) >= 2 * self.workers:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    def start(self) -> None:
+        """Start the worker processes now (so that their start-up is not timed as tiling)."""
+        if self.workers > 1:
+            pool = self._executor()
+            for future in [pool.submit(_ready) for _ in range(self.workers)]:
+                future.result()
+
+    def reset(self) -> None:
+        """Drop the pool (after a worker crashed); a new one starts on next use."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> StripReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
