@@ -30,9 +30,11 @@ def test_every_command_has_help(cli, name):
 
 
 def test_usage_error_exit_2(cli, tmp_path):
-    res = cli("tile", tmp_path, "-o", tmp_path / "x.h5")
+    res = cli("tile", tmp_path, "-o", tmp_path / "x.h5")  # no --dataset/--masks: slides
     assert res.exit_code == 2
-    assert "--dataset" in res.stderr and res.stdout == ""
+    assert "slides need an output folder" in res.stderr and res.stdout == ""
+    res = cli("tile", tmp_path, "--dataset", "luad", "--mpp", "0.5", "-o", tmp_path / "x.h5")
+    assert res.exit_code == 2 and "--mpp" in res.stderr
     assert cli("tile", tmp_path, "-o", "x.h5", "--masks", tmp_path).exit_code == 2
 
 
