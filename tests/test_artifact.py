@@ -10,6 +10,7 @@ from histoseg_cli.core.artifact import (
     ArtifactMeta,
     ArtifactWriter,
     ItemSpec,
+    encode_patches,
 )
 from histoseg_cli.core.errors import InputError
 
@@ -47,6 +48,44 @@ def test_round_trip(tmp_path):
     assert art.file["patches"].chunks == (1, 8, 8, 3)
     assert art.file["patches"].compression == "gzip"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]
+
+
+@pytest.mark.parametrize("compression", ["gzip", None])
+def test_pre_encoded_patches_read_back_identically(tmp_path, compression):
+    rng = np.random.default_rng(1)
+    ramp = np.arange(8, dtype=np.uint8)[None, :, None, None] * 30  # compressible
+    patches = (ramp + rng.integers(0, 4, (6, 1, 8, 3), dtype=np.uint8)).transpose(0, 2, 1, 3)
+    patches = np.ascontiguousarray(patches)
+    coords = rng.integers(0, 1000, (6, 2))
+    path = tmp_path / "e.h5"
+    with ArtifactWriter(path, META, coords=True, compression=compression) as w:
+        w.append_encoded(encode_patches(patches[:4], compression), [f"p{i}" for i in range(4)],
+                         coords=coords[:4])
+        w.append(patches[4:], ["p4", "p5"], coords=coords[4:])  # both paths in one file
+    with h5py.File(path, "r") as f:  # plain h5py, no histoseg code
+        np.testing.assert_array_equal(f["patches"][:], patches)
+        np.testing.assert_array_equal(f["patches"][2], patches[2])
+        np.testing.assert_array_equal(f["coords"][:], coords)
+        assert f["patches"].compression == compression
+        stored = f["patches"].id.get_chunk_info(0).size
+        assert (stored < patches[0].nbytes) if compression else stored == patches[0].nbytes
+    with Artifact(path) as art:
+        assert len(art) == 6 and art.names() == [f"p{i}" for i in range(6)]
+        np.testing.assert_array_equal(art.patch(3), patches[3])
+
+
+def test_pre_encoding_is_refused_where_it_cannot_match(tmp_path):
+    patches = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="lzf"):
+        encode_patches(patches, "lzf")
+    with ArtifactWriter(tmp_path / "l.h5", META, compression="lzf") as w:
+        with pytest.raises(ValueError, match="lzf"):
+            w.append_encoded(encode_patches(patches, None), ["a", "b"])
+    with ArtifactWriter(tmp_path / "n.h5", META, compression=None) as w:
+        with pytest.raises(ValueError, match="192 bytes"):
+            w.append_encoded([b"x", b"y"], ["a", "b"])
+        with pytest.raises(ValueError, match="2 encoded chunks"):
+            w.append_encoded(encode_patches(patches[:1], None), ["a", "b"])
 
 
 def test_reader_survives_pickling_into_another_process(tmp_path):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,6 +75,31 @@ class ItemSpec:
     dtype: str
 
 
+#: ``compression`` values whose ``patches`` chunks :func:`encode_patches` can make outside
+#: the writer (e.g. in worker processes) for :meth:`ArtifactWriter.append_encoded`.
+ENCODABLE = (None, "gzip")
+
+
+def encode_patches(patches: np.ndarray, compression: str | None) -> list[bytes]:
+    """Each patch of ``patches`` (B, H, W, 3) uint8 as the stored bytes of its chunk.
+
+    ``gzip`` chunks are zlib streams, the format of HDF5's deflate filter, made with Huffman
+    coding only: on stain-noisy patches it is about 3x faster than level 1 for a few percent
+    less saving, and any deflate reader decodes it. ``None``: the raw bytes.
+    """
+    if compression not in ENCODABLE:
+        raise ValueError(f"cannot pre-encode {compression} chunks (encodable: {ENCODABLE})")
+    chunks = []
+    for patch in patches:
+        raw = memoryview(np.ascontiguousarray(patch, dtype=np.uint8)).cast("B")
+        if compression is None:
+            chunks.append(bytes(raw))
+        else:
+            z = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_HUFFMAN_ONLY)
+            chunks.append(z.compress(raw) + z.flush())
+    return chunks
+
+
 def _partial_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.partial")
 
@@ -113,6 +140,7 @@ class ArtifactWriter:
             if name in CORE_DATASETS:
                 raise ValueError(f"{name} is a core dataset")
             self._specs[name] = spec
+        self.compression = compression
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = _partial_path(self.path)
         self.rows_done = 0
@@ -124,7 +152,7 @@ class ArtifactWriter:
         else:
             self._tmp.unlink(missing_ok=True)
             self._file = h5py.File(self._tmp, "w")
-            self._create(compression)
+            self._create()
 
     def _can_resume(self) -> bool:
         try:
@@ -136,10 +164,12 @@ class ArtifactWriter:
 
     def _layout(self) -> dict[str, Any]:
         specs = {k: [list(v.shape), v.dtype] for k, v in self._specs.items()}
-        return {"specs": specs, "class_names": list(self.meta.class_names)}
+        return {"specs": specs, "class_names": list(self.meta.class_names),
+                "compression": self.compression}
 
-    def _create(self, compression: str | None) -> None:
+    def _create(self) -> None:
         f = self._file
+        compression = self.compression
         opts: dict[str, Any] = {}
         if compression == "gzip":
             opts = {"compression": "gzip", "compression_opts": 1}
@@ -163,9 +193,28 @@ class ArtifactWriter:
 
     def append(self, patches: np.ndarray, names: list[str], **rows: np.ndarray) -> None:
         """Append a batch: ``patches`` (B,H,W,3) uint8, ``names`` and every declared dataset."""
-        batch = {"patches": np.asarray(patches), **{k: np.asarray(v) for k, v in rows.items()}}
-        missing = set(self._specs) - set(batch)
-        unknown = set(batch) - set(self._specs)
+        self._append({"patches": np.asarray(patches), **rows}, names)
+
+    def append_encoded(self, chunks: Sequence[bytes], names: list[str],
+                       **rows: np.ndarray) -> None:
+        """Like :meth:`append`, with each patch given as its chunk already encoded by
+        :func:`encode_patches` with this writer's ``compression`` (e.g. in worker processes);
+        the chunks are stored as they are (HDF5 direct chunk write)."""
+        if self.compression not in ENCODABLE:
+            raise ValueError(f"patches of a {self.compression} writer cannot be pre-encoded")
+        if "patches" in rows or len(chunks) != len(names):
+            raise ValueError(f"patches: expected {len(names)} encoded chunks and no array")
+        size = int(np.prod(self._specs["patches"].shape))
+        if self.compression is None and any(len(c) != size for c in chunks):
+            raise ValueError(f"patches: raw chunks must have {size} bytes")
+        self._append(rows, names, chunks)
+
+    def _append(self, batch: dict[str, Any], names: list[str],
+                chunks: Sequence[bytes] | None = None) -> None:
+        batch = {k: np.asarray(v) for k, v in batch.items()}
+        given = set(batch) | ({"patches"} if chunks is not None else set())
+        missing = set(self._specs) - given
+        unknown = given - set(self._specs)
         if missing or unknown:
             raise ValueError(f"append needs {sorted(self._specs)}; missing {sorted(missing)}, "
                              f"unknown {sorted(unknown)}")
@@ -178,6 +227,12 @@ class ArtifactWriter:
             ds = self._file[name]
             ds.resize(start + b, axis=0)
             ds[start:] = data.astype(spec.dtype, copy=False)
+        if chunks is not None:
+            ds = self._file["patches"]
+            ds.resize(start + b, axis=0)
+            tail = (0,) * (ds.ndim - 1)
+            for i, chunk in enumerate(chunks):
+                ds.id.write_direct_chunk((start + i, *tail), chunk, 0)
         ds = self._file["names"]
         ds.resize(start + b, axis=0)
         ds[start:] = np.array(names, dtype=object)
