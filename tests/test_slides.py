@@ -181,6 +181,44 @@ def test_mixed_options_are_usage_errors(tmp_path: Path, args: list[str], message
     assert code == 2 and message in output
 
 
+def test_compression_options_store_the_same_pixels(slides: dict[str, Path], tmp_path: Path):
+    runs = {}
+    for compression, workers in (("default", 2), ("none", 1), ("lzf", 1)):
+        out = tmp_path / compression
+        extra = [] if compression == "default" else ["--compression", compression]
+        code, output = tile(slides["other"], "-o", out, "--patch-size", 64, "--workers",
+                            workers, "-q", *extra)
+        assert code == 0, output
+        with h5py.File(out / "b.h5") as f:  # plain h5py reads what the workers encoded
+            ds = f["patches"]
+            sizes = [ds.id.get_chunk_info(i).size for i in range(ds.id.get_num_chunks())]
+            runs[compression] = (ds.compression, ds[:], sum(sizes))
+        assert len(Artifact(out / "b.h5")) == len(runs[compression][1])
+    assert [r[0] for r in runs.values()] == ["gzip", None, "lzf"]
+    np.testing.assert_array_equal(runs["default"][1], runs["none"][1])
+    np.testing.assert_array_equal(runs["lzf"][1], runs["none"][1])
+    assert runs["default"][2] < runs["none"][2] == runs["none"][1].nbytes
+
+
+def test_strips_cover_each_tile_once_and_align_with_file_tiles():
+    from histoseg_cli.core.slides.tiler import Grid, plan_strips
+
+    grid = Grid(224, 224, 10240, 10240)
+    origins = grid.origins()
+    keep = origins[(origins[:, 0] - 5000) ** 2 + (origins[:, 1] - 5000) ** 2 < 4500 ** 2]
+    strips = plan_strips(keep, grid, path=Path("s.tiff"), level=1, level_downsample=2.0,
+                         scale=1.0, file_tile=(256, 256))
+    got = np.concatenate([s.tiles for s in strips])
+    assert sorted(map(tuple, got)) == sorted(map(tuple, keep))
+    boxes = np.array([s.box for s in strips])  # (x0, y0, x1, y1)
+    # bands and column blocks meet on file tile boundaries (224 * 8 = 256 * 7 = 1792)
+    assert set(boxes[boxes[:, 1] > boxes[:, 1].min(), 1] % 1792) == {0}
+    seams = [x for band in np.unique(boxes[:, 1])
+             for x in set(boxes[boxes[:, 1] == band, 0]) & set(boxes[boxes[:, 1] == band, 2])]
+    assert seams and set(np.array(seams) % 1792) == {0}
+    assert (boxes[:, 3] - boxes[:, 1]).max() <= 1792 and len(strips) < 20
+
+
 def test_resolution_picks_the_level_at_or_finer_than_the_target():
     info = SlideInfo(Path("s.svs"), "aperio", ((40000, 30000), (10000, 7500), (2500, 1875)),
                      (1.0, 4.0, 16.0), 0.25, 40.0)

@@ -47,9 +47,9 @@ def tile(
         "--thumbnail-size", min=64, help="Longer side of the thumbnail used for tissue "
         "detection \\[default: 1024].", rich_help_panel=SLIDES, show_default=False)] = None,
     compression: Annotated[str | None, typer.Option(
-        "--compression", help="HDF5 filter for slide patches: none, gzip (5-15% smaller, "
-        "several times slower) or lzf \\[default: none].", rich_help_panel=SLIDES,
-        show_default=False)] = None,
+        "--compression", help="HDF5 filter for slide patches: gzip (the artifact format's; "
+        "encoded in the reading workers), none or lzf \\[default: gzip].",
+        rich_help_panel=SLIDES, show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Redo slides whose output is complete (default: skip them).",
         rich_help_panel=SLIDES)] = False,
@@ -113,7 +113,7 @@ def tile(
             source_mpp=source_mpp, patch_size=patch_size or 224, stride=stride,
             min_tissue=0.25 if min_tissue is None else min_tissue,
             thumbnail_size=thumbnail_size or 1024,
-            compression=None if compression in (None, "none") else compression)
+            compression={None: "gzip", "none": None}.get(compression, compression))
         summary = tile_slides(input, output, config, reporter=out.reporter, overwrite=overwrite,
                               workers=workers or min(4, os.cpu_count() or 1))
         ok = [o for o in summary.outcomes if o.status != "failed"]

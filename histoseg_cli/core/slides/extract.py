@@ -10,11 +10,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from histoseg_cli.core.artifact import ArtifactMeta, ArtifactWriter
+from histoseg_cli.core.artifact import ENCODABLE, ArtifactMeta, ArtifactWriter, encode_patches
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.slides.preview import render_preview, save_preview
 from histoseg_cli.core.slides.reader import SlideReader
@@ -40,9 +41,9 @@ class SlideConfig:
     min_tissue: float = 0.25  # keep tiles with at least this tissue fraction
     thumbnail_size: int = 1024  # longer side of the thumbnail used for tissue detection
     tissue: TissueConfig = field(default_factory=TissueConfig)
-    #: HDF5 filter for patches: None (default: patches cut from JPEG slides shrink by only
-    #: 5-15% under gzip, which would cost more time than reading them), "gzip" or "lzf".
-    compression: str | None = None
+    #: HDF5 filter for patches: "gzip" (the artifact default; chunks are encoded where the
+    #: strips are read, in the workers), None or "lzf" (compressed by the writer process).
+    compression: str | None = "gzip"
 
     def __post_init__(self) -> None:
         if self.patch_size < 8:
@@ -173,13 +174,20 @@ def tile_slide(path: Path, output: Path, preview_path: Path, config: SlideConfig
         )
         stem = path.stem
         strip_plan = plan_strips(tiles, grid, path=path, level=res.level,
-                           level_downsample=res.level_downsample, scale=res.scale)
+                                 level_downsample=res.level_downsample, scale=res.scale,
+                                 file_tile=reader.info.tile_size(res.level))
+        encoded = config.compression in ENCODABLE
+        encode = partial(encode_patches, compression=config.compression) if encoded else None
         with ArtifactWriter(output, meta, coords=True, compression=config.compression) as writer:
             streaming = time.perf_counter()
             done = 0
-            for strip, patches in strips.iter_read(strip_plan, reader):
+            for strip, patches in strips.iter_read(strip_plan, reader, encode):
                 c = np.round(strip.tiles * res.downsample).astype(np.int64)
-                writer.append(patches, [f"{stem}_{x}_{y}" for x, y in c], coords=c)
+                names = [f"{stem}_{x}_{y}" for x, y in c]
+                if encoded:
+                    writer.append_encoded(patches, names, coords=c)
+                else:
+                    writer.append(patches, names, coords=c)
                 done += len(patches)
                 if progress is not None:
                     progress(done, len(tiles))

@@ -37,6 +37,11 @@ class SlideInfo:
     level_downsamples: tuple[float, ...]
     mpp: float | None  # micrometres per pixel at level 0, when recorded
     objective_power: float | None  # scanner magnification of level 0, when recorded
+    #: (width, height) of the file's tiles per level, where the format records them
+    level_tiles: tuple[tuple[int, int] | None, ...] = ()
+
+    def tile_size(self, level: int) -> tuple[int, int] | None:
+        return self.level_tiles[level] if level < len(self.level_tiles) else None
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -53,6 +58,12 @@ def _float_property(props: dict[str, str], key: str) -> float | None:
     except (KeyError, ValueError):
         return None
     return value if math.isfinite(value) and value > 0 else None
+
+
+def _tile_size(props: dict[str, str], level: int) -> tuple[int, int] | None:
+    w = _float_property(props, f"openslide.level[{level}].tile-width")
+    h = _float_property(props, f"openslide.level[{level}].tile-height")
+    return (int(w), int(h)) if w and h else None
 
 
 def _describe(err: BaseException) -> str:
@@ -76,6 +87,7 @@ class SlideReader:
             level_downsamples=tuple(float(d) for d in self._slide.level_downsamples),
             mpp=(mpp_x + mpp_y) / 2 if mpp_x and mpp_y else mpp_x or mpp_y,
             objective_power=_float_property(props, openslide.PROPERTY_NAME_OBJECTIVE_POWER),
+            level_tiles=tuple(_tile_size(props, i) for i in range(self._slide.level_count)),
         )
         background = props.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR, "FFFFFF")
         try:
@@ -104,20 +116,38 @@ class SlideReader:
             raise InputError(path, f"unreadable image ({_describe(err)}); expected a slide or "
                              "an RGB PNG/JPEG/TIFF") from None
 
-    def read(self, level: int, x0: int, y0: int, width: int, height: int) -> Image.Image:
-        """RGB region of ``width`` x ``height`` pixels of ``level`` at level-0 point (x0, y0)."""
+    def _read_rgba(self, level: int, x0: int, y0: int, width: int,
+                   height: int) -> Image.Image:
         try:
-            rgba = self._slide.read_region((int(x0), int(y0)), level, (int(width), int(height)))
+            return self._slide.read_region((int(x0), int(y0)), level, (int(width), int(height)))
         except (openslide.OpenSlideError, OSError, ValueError) as err:
             raise InputError(self.path, f"unreadable region ({width}x{height} px of level "
                              f"{level} at {x0},{y0}): {_describe(err)}; the file may be "
                              "corrupt or truncated") from None
-        alpha = rgba.getchannel("A") if rgba.mode == "RGBA" else None
-        if alpha is not None and alpha.getextrema()[0] < 255:
-            flat = Image.new("RGB", rgba.size, self._background)
-            flat.paste(rgba, mask=alpha)
-            return flat
+
+    def _flatten(self, rgba: Image.Image) -> Image.Image:
+        """RGB with transparent areas (outside the scanned region) in the background colour."""
+        flat = Image.new("RGB", rgba.size, self._background)
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+
+    def read(self, level: int, x0: int, y0: int, width: int, height: int) -> Image.Image:
+        """RGB region of ``width`` x ``height`` pixels of ``level`` at level-0 point (x0, y0)."""
+        rgba = self._read_rgba(level, x0, y0, width, height)
+        if rgba.mode == "RGBA" and rgba.getchannel("A").getextrema()[0] < 255:
+            return self._flatten(rgba)
         return rgba.convert("RGB")
+
+    def read_array(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        """:meth:`read` as an (H, W, 3) uint8 array (a view of the RGBA pixels: one copy less
+        than converting to an RGB image first)."""
+        rgba = self._read_rgba(level, x0, y0, width, height)
+        if rgba.mode != "RGBA":
+            return np.asarray(rgba.convert("RGB"))
+        pixels = np.asarray(rgba)
+        if pixels[..., 3].min() < 255:
+            return np.asarray(self._flatten(rgba))
+        return pixels[..., :3]
 
     def thumbnail(self, max_side: int) -> np.ndarray:
         """An RGB overview (H, W, 3) whose longer side is at most ``max_side``, covering the

@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import multiprocessing
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -70,22 +71,37 @@ class Strip:
         return int(x0), int(y0), int(x1), int(y1)
 
 
+def _aligned(count: int, step: float, tile: int | None) -> int:
+    """The largest ``n <= count`` whose span ``n * step`` is a whole number of the file's
+    tiles (so that neighbouring strips share no tile, none is decoded twice), else ``count``."""
+    if tile:
+        for n in range(count, max(0, count // 2), -1):
+            span = n * step / tile
+            if abs(span - round(span)) < 1e-6:
+                return n
+    return count
+
+
 def plan_strips(tiles: np.ndarray, grid: Grid, *, path: Path, level: int,
                 level_downsample: float, scale: float,
-                max_region_pixels: int = MAX_REGION_PIXELS) -> list[Strip]:
+                max_region_pixels: int = MAX_REGION_PIXELS,
+                file_tile: tuple[int, int] | None = None) -> list[Strip]:
     """Group kept tile origins (grid order) into strips of bounded region size.
 
     A strip spans up to ``STRIP_HEIGHT`` level pixels of consecutive grid rows and a run of
     columns; runs break where two or more columns in a row have no kept tile, so glass between
-    tissue pieces is not decoded.
+    tissue pieces is not decoded. Given the file's tile size (``file_tile``, level pixels),
+    strip sizes are whole numbers of file tiles where the grid allows it.
     """
     if len(tiles) == 0:
         return []
+    tile_w, tile_h = file_tile or (None, None)
     side = grid.patch_size * scale  # a tile's side in level pixels
     step = grid.stride * scale
-    rows_per_strip = max(1, int((STRIP_HEIGHT - side) // step) + 1)
+    rows_per_strip = _aligned(max(1, int((STRIP_HEIGHT - side) // step) + 1), step, tile_h)
     height = (rows_per_strip - 1) * step + side
-    cols_per_strip = max(1, int((max_region_pixels / height - side) // step) + 1)
+    cols_per_strip = _aligned(max(1, int((max_region_pixels / height - side) // step) + 1),
+                              step, tile_w)
     rows = tiles[:, 1] // grid.stride
     cols = tiles[:, 0] // grid.stride
     band = rows // rows_per_strip
@@ -93,7 +109,8 @@ def plan_strips(tiles: np.ndarray, grid: Grid, *, path: Path, level: int,
     for sel in np.split(np.arange(len(tiles)), np.flatnonzero(np.diff(band)) + 1):
         used = np.unique(cols[sel])
         for run in np.split(used, np.flatnonzero(np.diff(used) > 2) + 1):
-            for c0 in range(int(run[0]), int(run[-1]) + 1, cols_per_strip):
+            first = int(run[0]) - int(run[0]) % cols_per_strip  # on the aligned column grid
+            for c0 in range(first, int(run[-1]) + 1, cols_per_strip):
                 part = sel[(cols[sel] >= c0) & (cols[sel] < c0 + cols_per_strip)]
                 if len(part):
                     strips.append(Strip(path, level, level_downsample, scale, tiles[part],
@@ -109,15 +126,26 @@ def read_strip(reader: SlideReader, strip: Strip) -> np.ndarray:
     ix0, iy0 = math.floor(lx0), math.floor(ly0)
     ix1, iy1 = math.ceil(lx1 - 1e-6), math.ceil(ly1 - 1e-6)
     ds = strip.level_downsample
-    region = reader.read(strip.level, round(ix0 * ds), round(iy0 * ds), ix1 - ix0, iy1 - iy0)
-    if s != 1.0:
+    x, y, w, h = round(ix0 * ds), round(iy0 * ds), ix1 - ix0, iy1 - iy0
+    if s == 1.0:  # the level as is: straight to an array, no resampling
+        pixels = reader.read_array(strip.level, x, y, w, h)
+    else:
         box = (lx0 - ix0, ly0 - iy0, lx1 - ix0, ly1 - iy0)
-        region = region.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS, box=box,
-                               reducing_gap=3.0)
-    pixels = np.asarray(region)
+        pixels = np.asarray(reader.read(strip.level, x, y, w, h).resize(
+            (x1 - x0, y1 - y0), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0))
     p = strip.patch_size
     offsets = strip.tiles - np.array([x0, y0])
     return np.stack([pixels[y:y + p, x:x + p] for x, y in offsets])
+
+
+#: Turns a strip's patches into what the caller stores (e.g. encoded artifact chunks); it runs
+#: where the strip is read, so with workers that work is parallel and only its result is sent.
+Encode = Callable[[np.ndarray], Any]
+
+
+def _load(reader: SlideReader, strip: Strip, encode: Encode | None) -> Any:
+    patches = read_strip(reader, strip)
+    return patches if encode is None else encode(patches)
 
 
 def _ready() -> bool:
@@ -130,12 +158,12 @@ class _WorkerSlides:
     reader: SlideReader | None = None
 
     @classmethod
-    def read(cls, strip: Strip) -> np.ndarray:
+    def load(cls, strip: Strip, encode: Encode | None) -> Any:
         if cls.reader is None or cls.reader.path != strip.path:
             if cls.reader is not None:
                 cls.reader.close()
             cls.reader = SlideReader(strip.path)
-        return read_strip(cls.reader, strip)
+        return _load(cls.reader, strip, encode)
 
 
 class StripReader:
@@ -155,20 +183,21 @@ class StripReader:
                                              mp_context=multiprocessing.get_context("spawn"))
         return self._pool
 
-    def iter_read(self, strips: Sequence[Strip],
-                  reader: SlideReader) -> Iterator[tuple[Strip, np.ndarray]]:
-        """Yield ``(strip, patches)`` in the order of ``strips``; ``reader`` (the caller's
-        open slide) is used when there is a single worker."""
+    def iter_read(self, strips: Sequence[Strip], reader: SlideReader,
+                  encode: Encode | None = None) -> Iterator[tuple[Strip, Any]]:
+        """Yield ``(strip, patches)`` in the order of ``strips``, patches (K, P, P, 3) uint8 or
+        what ``encode`` (picklable) made of them; ``reader`` (the caller's open slide) is
+        used when there is a single worker."""
         if self.workers == 1:
             for strip in strips:
-                yield strip, read_strip(reader, strip)
+                yield strip, _load(reader, strip, encode)
             return
         pool = self._executor()
-        pending: deque[tuple[Strip, Future[np.ndarray]]] = deque()
+        pending: deque[tuple[Strip, Future[Any]]] = deque()
         todo = iter(strips)
         try:
             for strip in todo:
-                pending.append((strip, pool.submit(_WorkerSlides.read, strip)))
+                pending.append((strip, pool.submit(_WorkerSlides.load, strip, encode)))
                 if len(pending) >= 2 * self.workers:
                     done, future = pending.popleft()
                     yield done, future.result()
