@@ -11,7 +11,9 @@ from real tissue in ../shared/data, then in the same run measures, at --patch-si
 * naive: ``read_region`` per tile at level 0 + resize, one process, same tiles, no writing;
 * TIAToolbox SlidingWindowPatchExtractor, when tiatoolbox is importable (not a dependency).
 
-Prints tiles/s, ratios to naive and peak RSS. Runs on CPU (reading slides does not use a GPU;
+Prints tiles/s, ratios to naive, CPU seconds (the process tree's user + system time: on a
+machine shared with other work, tiles per CPU-second compares methods more fairly than
+wall-clock rates) and peak RSS. Runs on CPU (reading slides does not use a GPU;
 --device is accepted for symmetry with the other benchmarks and ignored).
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -76,8 +79,14 @@ class TreePeak:
         return total / 1024
 
 
-def run_tree(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak summed RSS (MB) over the process tree, and stdout."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_tree(cmd: list[str]) -> tuple[float, float, str, float]:
+    """Wall seconds, peak summed RSS (MB) over the process tree, stdout and CPU seconds."""
+    cpu = _children_cpu()
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err,
@@ -91,7 +100,7 @@ def run_tree(cmd: list[str]) -> tuple[float, float, str]:
         err.seek(0)
         if proc.returncode != 0:
             raise SystemExit(f"command failed: {' '.join(cmd)}\n{err.read()}")
-        return seconds, peak, out.read()
+        return seconds, peak, out.read(), _children_cpu() - cpu
 
 
 def main() -> None:
@@ -106,6 +115,8 @@ def main() -> None:
                         default=Path(tempfile.gettempdir()) / "histoseg-bench")
     parser.add_argument("--naive-limit", type=int, default=600,
                         help="naive: time this many tiles and extrapolate the rate")
+    parser.add_argument("--compression", choices=("gzip", "none", "lzf"),
+                        help="--compression for histoseg tile (default: its own, gzip)")
     parser.add_argument("--device", default="cpu", help="ignored: slide reading is CPU work")
     args = parser.parse_args()
 
@@ -120,19 +131,22 @@ def main() -> None:
           f"{args.level_factor}; target {args.patch_size} px at {args.mpp} mpp; "
           f"{os.cpu_count()} CPUs")
 
-    rows: list[tuple[str, float, float, int]] = []
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    rows: list[tuple[str, float, float, int, float | None]] = []
     artifact = None
     for w in [int(x) for x in args.workers.split(",")]:
         out_dir = args.cache / f"out-w{w}"
         cmd = [sys.executable, "-m", "histoseg_cli", "tile", str(slide), "-o", str(out_dir),
                "--mpp", str(args.mpp), "--patch-size", str(args.patch_size), "--workers",
                str(w), "--overwrite", "--quiet", "--json"]
-        seconds, peak, out = run_tree(cmd)
+        if args.compression:
+            cmd += ["--compression", args.compression]
+        seconds, peak, out, cpu = run_tree(cmd)
         row = json.loads(out)["slides"][0]
         n = int(row["patches"])
-        rows.append((f"histoseg tile --workers {w} (whole command)", n / seconds, peak, n))
+        rows.append((f"histoseg tile --workers {w} (whole command)", n / seconds, peak, n, cpu))
         rows.append((f"histoseg tile --workers {w} (tiling phase)", float(row["tiles_per_s"]),
-                     peak, n))
+                     peak, n, None))
         artifact = out_dir / f"{slide.stem}.h5"
 
     import h5py
@@ -142,25 +156,28 @@ def main() -> None:
         limited = artifact.with_name("naive-coords.h5")
         with h5py.File(limited, "w") as g:
             g["coords"] = f["coords"][: args.naive_limit]
-    seconds, peak, out = run_tree([sys.executable, "-c", NAIVE, str(slide), str(limited),
-                                   str(size0), str(args.patch_size)])
+    seconds, peak, out, cpu = run_tree([sys.executable, "-c", NAIVE, str(slide), str(limited),
+                                        str(size0), str(args.patch_size)])
     naive = json.loads(out)
     naive_rate = naive["tiles"] / naive["seconds"]
-    rows.append(("naive read_region + resize", naive_rate, peak, naive["tiles"]))
+    rows.append(("naive read_region + resize", naive_rate, peak, naive["tiles"], cpu))
     try:
         import tiatoolbox  # noqa: F401
     except ImportError:
         print("TIAToolbox not installed: skipped")
     else:
-        seconds, peak, out = run_tree([sys.executable, "-c", TIA, str(slide),
-                                       str(args.patch_size), str(args.mpp)])
+        seconds, peak, out, cpu = run_tree([sys.executable, "-c", TIA, str(slide),
+                                            str(args.patch_size), str(args.mpp)])
         tia = json.loads(out)
         rows.append(("TIAToolbox SlidingWindowPatchExtractor", tia["tiles"] / tia["seconds"],
-                     peak, tia["tiles"]))
+                     peak, tia["tiles"], cpu))
 
-    print(f"{'method':42s} {'tiles':>7s} {'tiles/s':>9s} {'x naive':>8s} {'peak RSS MB':>12s}")
-    for name, rate, peak, n in rows:
-        print(f"{name:42s} {n:7d} {rate:9.1f} {rate / naive_rate:8.2f} {peak:12.0f}")
+    print(f"{'method':42s} {'tiles':>7s} {'tiles/s':>9s} {'x naive':>8s} {'CPU s':>7s} "
+          f"{'tiles/CPU-s':>11s} {'peak RSS MB':>12s}")
+    for name, rate, peak, n, cpu in rows:
+        cpu_cols = f"{cpu:7.1f} {n / cpu:11.1f}" if cpu else f"{'':7s} {'':11s}"
+        print(f"{name:42s} {n:7d} {rate:9.1f} {rate / naive_rate:8.2f} {cpu_cols} {peak:12.0f}")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     ours = [r for r in rows if r[0].endswith("(tiling phase)")]
     if len(ours) > 1:
         print(f"scaling --workers {args.workers}: "

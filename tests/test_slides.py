@@ -219,6 +219,21 @@ def test_strips_cover_each_tile_once_and_align_with_file_tiles():
     assert (boxes[:, 3] - boxes[:, 1]).max() <= 1792 and len(strips) < 20
 
 
+@pytest.mark.parametrize("radius", [1, 2.5, 4, 8])
+def test_disk_morphology_matches_the_distance_transform(radius: float):
+    from scipy import ndimage
+
+    from histoseg_cli.core.slides import tissue
+
+    rng = np.random.default_rng(0)
+    mask = ndimage.gaussian_filter(rng.random((120, 160)), 3) > 0.5
+    dilated = ndimage.distance_transform_edt(~mask) <= radius
+    eroded = (ndimage.distance_transform_edt(np.pad(mask, 1)) > radius)[1:-1, 1:-1]
+    np.testing.assert_array_equal(tissue._dilate(mask, radius), dilated)
+    np.testing.assert_array_equal(tissue._erode(mask, radius), eroded)
+    assert 0 < eroded.sum() < mask.sum() < dilated.sum()
+
+
 def test_resolution_picks_the_level_at_or_finer_than_the_target():
     info = SlideInfo(Path("s.svs"), "aperio", ((40000, 30000), (10000, 7500), (2500, 1875)),
                      (1.0, 4.0, 16.0), 0.25, 40.0)

@@ -62,15 +62,31 @@ def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (hsv[..., 0] * (360.0 / 256.0), hsv[..., 1] / 255.0, hsv[..., 2] / 255.0)
 
 
+#: Up to this radius, morphology uses a disk structuring element (fast for small disks);
+#: beyond it, the distance transform (its cost does not grow with the radius). Same result.
+MAX_DISK_RADIUS = 8
+
+
+def _disk(radius: float) -> np.ndarray:
+    r = int(radius)
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return x * x + y * y <= radius * radius
+
+
 def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Dilation by a disk, via the distance transform (cost independent of the radius)."""
+    """Dilation by a disk of ``radius`` (Euclidean)."""
     if not mask.any():
         return mask.copy()
+    if radius <= MAX_DISK_RADIUS:
+        return ndimage.binary_dilation(mask, _disk(radius))
     return ndimage.distance_transform_edt(~mask) <= radius
 
 
 def _erode(mask: np.ndarray, radius: float) -> np.ndarray:
-    padded = np.pad(mask, 1)  # outside the image is not tissue
+    """Erosion by a disk of ``radius``; outside the image is not tissue."""
+    if radius <= MAX_DISK_RADIUS:
+        return ndimage.binary_erosion(mask, _disk(radius), border_value=0)
+    padded = np.pad(mask, 1)
     return (ndimage.distance_transform_edt(padded) > radius)[1:-1, 1:-1]
 
 
