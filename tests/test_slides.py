@@ -216,7 +216,7 @@ def test_strips_cover_each_tile_once_and_align_with_file_tiles():
     seams = [x for band in np.unique(boxes[:, 1])
              for x in set(boxes[boxes[:, 1] == band, 0]) & set(boxes[boxes[:, 1] == band, 2])]
     assert seams and set(np.array(seams) % 1792) == {0}
-    assert (boxes[:, 3] - boxes[:, 1]).max() <= 1792 and len(strips) < 20
+    assert (boxes[:, 3] - boxes[:, 1]).max() <= 1792 and len(strips) < 40
 
 
 @pytest.mark.parametrize("radius", [1, 2.5, 4, 8])

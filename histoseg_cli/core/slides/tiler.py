@@ -24,7 +24,7 @@ from PIL import Image
 from histoseg_cli.core.slides.reader import SlideReader
 
 #: Level pixels read at once for one strip (about 4 bytes each while decoding).
-MAX_REGION_PIXELS = 12 * 1024 * 1024
+MAX_REGION_PIXELS = 8 * 1024 * 1024
 #: Height of a strip in level pixels: several rows of the file's tiles, so that tiles shared
 #: by two strips (decoded twice) are few.
 STRIP_HEIGHT = 2048
@@ -209,11 +209,12 @@ class StripReader:
                 future.cancel()
 
     def start(self) -> None:
-        """Start the worker processes now (so that their start-up is not timed as tiling)."""
+        """Start the worker processes now, in the background: they import while the caller
+        opens its first slide and finds its tissue, instead of when the first strip is due."""
         if self.workers > 1:
             pool = self._executor()
-            for future in [pool.submit(_ready) for _ in range(self.workers)]:
-                future.result()
+            for _ in range(self.workers):
+                pool.submit(_ready)
 
     def reset(self) -> None:
         """Drop the pool (after a worker crashed); a new one starts on next use."""
