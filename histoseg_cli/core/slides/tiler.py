@@ -4,7 +4,8 @@ Kept tiles are grouped into strips: a few consecutive grid rows and a run of col
 the chosen pyramid level as ONE region (so each compressed tile of the file is decoded about
 once, not once per patch), resampled once with an antialiasing filter, then cut. A strip's
 region is bounded (``max_region_pixels``), so memory does not grow with the slide. Strips are
-read in worker processes, each with its own slide handle, and come back in grid order.
+read in worker processes, each with its own slide handle, which also encode the patches for
+storage (so only compressed bytes travel back), and come back in grid order.
 """
 
 from __future__ import annotations
