@@ -131,7 +131,8 @@ def test_cli_writes_artifact_pngs_gallery_and_json(tmp_path, monkeypatch):
     out = tmp_path / "pseudo.h5"
     result = CliRunner().invoke(app, ["cams", str(ckpt), str(data), "-o", str(out), "--json",
                                       "-q", "--png-dir", str(tmp_path / "png"), "--gallery",
-                                      "3", "--background", "none", "--device", "cpu"])
+                                      "3", "--background", "none", "--device", "cpu",
+                                      "--vmap-classes"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["num_patches"] == 6 and payload["background"]["rule"] == "none"

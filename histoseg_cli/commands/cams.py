@@ -37,6 +37,9 @@ def cams(
     min_size: Annotated[int, typer.Option(
         "--min-size", min=0, help="White 4-connected areas smaller than this many pixels stay "
         "tissue.", rich_help_panel=MASKS)] = 50,
+    vmap_classes: Annotated[bool, typer.Option(
+        "--vmap-classes", help="One vmapped backward pass for all classes instead of one per "
+        "class (same maps, more memory; can be faster on GPU).")] = False,
     save_cams: Annotated[bool, typer.Option(
         "--save-cams", help="Also store the normalised CAMs (float16, 3 x C maps per patch).",
         rich_help_panel=OUTPUTS)] = False,
@@ -65,7 +68,7 @@ def cams(
     """
     config = CamsConfig(batch_size=batch_size, background=background,
                         threshold=white_threshold, min_size=min_size, save_cams=save_cams,
-                        png_dir=png_dir, gallery=gallery, seed=seed)
+                        png_dir=png_dir, gallery=gallery, seed=seed, vectorize=vmap_classes)
     summary = run_cams(classifier, data, output, config, resolve_device(device), out.reporter)
     paths = [str(summary.output)] + ([str(summary.gallery)] if summary.gallery else [])
     out.result(summary.as_dict(), paths=paths)

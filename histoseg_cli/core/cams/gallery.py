@@ -15,8 +15,8 @@ from histoseg_cli.core.atomic import atomic_path  # noqa: E402
 
 
 def cam_overlay(image: np.ndarray, cams: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """Colour each pixel by its strongest class (palette) with opacity = that CAM's value."""
-    strength = cams.max(axis=0)[..., None]
+    """Colour each pixel by its strongest class (palette), more opaque where that CAM is high."""
+    strength = 0.85 * cams.max(axis=0)[..., None]  # keep some tissue visible
     colour = palette[cams.argmax(axis=0)].astype(np.float32)
     grey = image.astype(np.float32).mean(axis=-1, keepdims=True) * 0.6 + 60
     return (grey * (1 - strength) + colour * strength).clip(0, 255).astype(np.uint8)
@@ -47,7 +47,7 @@ def write_gallery(path: Path, images: np.ndarray, cams: np.ndarray, masks: np.nd
             if row == 0:
                 ax.set_title(titles[col], fontsize=8)
         axes[row, 0].set_ylabel(f"{names[row][:22]}\n[{present}]", fontsize=6)
-    handles = [Patch(color=palette[k] / 255, label=name)
+    handles = [Patch(facecolor=palette[k] / 255, edgecolor="black", linewidth=0.5, label=name)
                for k, name in enumerate([*class_names, "background"])]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7,
                frameon=False)
