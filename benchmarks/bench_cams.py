@@ -46,11 +46,11 @@ class ResNet50OS8(Backbone):
         from torchvision.models import resnet50
 
         net = resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
+        self.entry = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
         self.layer2, self.layer3, self.layer4 = net.layer2, net.layer3, net.layer4
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        a = self.layer2(self.stem(x))
+        a = self.layer2(self.entry(x))
         b = self.layer3(a)
         return {"layer2": a, "layer3": b, "layer4": self.layer4(b)}
 

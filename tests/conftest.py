@@ -21,7 +21,7 @@ class TinyBackbone(Backbone):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
+        self.entry = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
                                   nn.Conv2d(8, 8, 3, 2, 1))
         self.b5 = nn.Sequential(nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1))
         self.b7 = nn.Sequential(nn.BatchNorm2d(16), nn.ReLU(),
@@ -29,7 +29,7 @@ class TinyBackbone(Backbone):
                                 nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        a = self.stem(x)
+        a = self.entry(x)
         b = self.b5(a)
         return {"b4_5": a, "b5_2": b, "bn7": self.b7(b)}
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import make_tiny_classifier
 from histoseg_cli.core.artifact import open_linked
-from histoseg_cli.core.cams.model import CamModel, Normalisation
+from histoseg_cli.core.cams.model import CamModel
 from histoseg_cli.core.cams.run import CamsConfig, generate_pseudo_masks
 from histoseg_cli.core.metrics import ConfusionMatrix
 from histoseg_cli.core.tiling import TileConfig, tile_masked_images
@@ -28,7 +28,7 @@ def test_pseudo_mask_metrics_on_real_glas_patches(tmp_path):
     data = tmp_path / "glas.h5"
     tile_masked_images(tmp_path / "images", tmp_path / "masks", data, ["non-gland", "gland"],
                        TileConfig(patch_size=64, stride=64))
-    model = CamModel(make_tiny_classifier(2), ["non-gland", "gland"], Normalisation())
+    model = CamModel(make_tiny_classifier(2), ["non-gland", "gland"])
     out = tmp_path / "pseudo.h5"
     summary = generate_pseudo_masks(model, data, out, CamsConfig(batch_size=16, gallery=4,
                                                                  background="white"))

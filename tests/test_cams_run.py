@@ -13,14 +13,14 @@ from conftest import make_tiny_classifier, write_patches
 from histoseg_cli.app import app
 from histoseg_cli.core.artifact import Artifact, open_linked
 from histoseg_cli.core.cams import run as cams_run
-from histoseg_cli.core.cams.model import CamModel, Normalisation
+from histoseg_cli.core.cams.model import CamModel
 from histoseg_cli.core.cams.run import CamsConfig, generate_pseudo_masks
-from histoseg_cli.core.errors import InputError
+from histoseg_cli.core.errors import InputError, UsageError
 
 
 def cam_model(num_classes: int = 4) -> CamModel:
     return CamModel(make_tiny_classifier(num_classes), [f"c{k}" for k in range(num_classes)],
-                    Normalisation(), source="tiny")
+                    source="tiny")
 
 
 def test_pseudo_artifact_links_to_its_input(tmp_path):
@@ -164,8 +164,8 @@ def test_cli_end_to_end_with_a_train_cls_checkpoint(tmp_path):
     data = write_patches(tmp_path / "train.h5", n=8)
     runner = CliRunner()
     trained = runner.invoke(app, ["train-cls", str(data), "-o", str(tmp_path / "run"),
-                                  "--backbone", "resnet18", "--epochs", "1", "--batch-size", "4",
-                                  "--device", "cpu", "-q"])
+                                  "--backbone", "resnet38d", "--width", "0.0625", "--epochs", "1",
+                                  "--batch-size", "4", "--workers", "0", "--device", "cpu", "-q"])
     assert trained.exit_code == 0, trained.output
     out = tmp_path / "pseudo.h5"
     result = runner.invoke(app, ["cams", str(tmp_path / "run"), str(data), "-o", str(out),
@@ -174,3 +174,10 @@ def test_cli_end_to_end_with_a_train_cls_checkpoint(tmp_path):
     derived, source = open_linked(out)
     assert derived.dataset("pseudo_masks").shape == (8, 3, 32, 32)
     assert json.loads(result.stdout)["metrics"] is not None
+
+
+def test_output_must_not_be_the_input(tmp_path):
+    data = write_patches(tmp_path / "train.h5", n=2)
+    with pytest.raises(UsageError, match="is the input artifact"):
+        generate_pseudo_masks(cam_model(), data, tmp_path / "." / "train.h5")
+    assert Artifact(data).kind == "patches"

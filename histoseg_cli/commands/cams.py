@@ -56,9 +56,9 @@ def cams(
 ) -> None:
     """Pseudo masks by multi-layer Grad-CAM (three per patch; background = C).
 
-    An interrupted run resumes after its last finished batch when rerun with the same
-    arguments. With ground-truth masks in DATA, the pseudo masks' IoU per layer and class
-    is reported.
+    Rerun the same command to resume an interrupted run after its last finished batch.
+
+    With ground-truth masks in DATA, the pseudo masks' IoU per layer and class is reported.
 
     [b]Examples[/b]
 

@@ -82,7 +82,7 @@ def compute_batch(model: CamModel, patches: np.ndarray, labels: np.ndarray,
                   background: BackgroundConfig, vectorize: bool = False) -> PseudoMasks:
     """CAMs and pseudo masks of one batch of (B, H, W, 3) uint8 patches with (B, C) labels."""
     device = model.device
-    _, maps = gradcam(model.model, model.normalisation(patches, device), vectorize=vectorize)
+    _, maps = gradcam(model.model, model.inputs(patches), vectorize=vectorize)
     bg = torch.from_numpy(background_mask(patches, background)).to(device)
     return pseudo_masks(maps, torch.from_numpy(np.asarray(labels)).to(device), bg,
                         patches.shape[1])
@@ -136,7 +136,14 @@ def generate_pseudo_masks(model: CamModel, input_path: Path, output: Path,
     """Write the pseudo-masks artifact ``output`` for the patches artifact ``input_path``."""
     if config.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    source = Artifact(input_path)
+    if Path(output).resolve() == Path(input_path).resolve():
+        raise UsageError(f"-o {output} is the input artifact; write the pseudo masks elsewhere")
+    with Artifact(input_path) as source:
+        return _generate(model, source, Path(output), config, reporter)
+
+
+def _generate(model: CamModel, source: Artifact, output: Path, config: CamsConfig,
+              reporter: Reporter) -> CamsSummary:
     labels = _check_input(source, model)
     background, origin = resolve_background(config, source, model)
     names = source.names()
@@ -145,7 +152,7 @@ def generate_pseudo_masks(model: CamModel, input_path: Path, output: Path,
     palette = source.meta.resolved_palette()
     meta = ArtifactMeta(
         class_names=list(model.class_names), patch_size=size, palette=palette,
-        mpp=source.meta.mpp, magnification=source.meta.magnification, source=str(input_path),
+        mpp=source.meta.mpp, magnification=source.meta.magnification, source=str(source.path),
         created_by="cams", kind=KIND, link=InputLink.to(source),
         extra={"classifier": model.source, "classifier_sha256": model.fingerprint(),
                "layers": layers, "background": background.as_dict()},
