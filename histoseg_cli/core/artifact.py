@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -180,7 +180,7 @@ class ArtifactWriter:
     def _layout(self) -> dict[str, Any]:
         """What must match for a partial file to be continued: datasets, classes, settings."""
         specs = {k: [list(v.shape), v.dtype] for k, v in self._specs.items()}
-        link = None if self.meta.link is None else self.meta.link.__dict__
+        link = None if self.meta.link is None else asdict(self.meta.link)
         return {"specs": specs, "class_names": list(self.meta.class_names),
                 "kind": self.meta.kind, "link": link, "extra": self.meta.extra}
 
