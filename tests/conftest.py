@@ -1,13 +1,18 @@
-"""Shared fixtures: a CLI runner that keeps stdout and stderr apart, and the real data."""
+"""Shared fixtures: CLI runner, real data, a tiny Grad-CAM-ready classifier, small artifacts."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from torch import nn
 from typer.testing import CliRunner
 
 from histoseg_cli.app import app
+from histoseg_cli.core.artifact import ArtifactMeta, ArtifactWriter
+from histoseg_cli.core.models.base import Backbone, PatchClassifier
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -33,3 +38,60 @@ class Cli:
 @pytest.fixture
 def cli() -> Cli:
     return Cli()
+
+
+class TinyBackbone(Backbone):
+    """Three CAM layers at 1/4 resolution, shaped like ResNet-38's b4_5 / b5_2 / bn7."""
+
+    cam_layers = ("b4_5", "b5_2", "bn7")
+    layer_channels = (8, 16, 32)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entry = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, 2, 1))
+        self.b5 = nn.Sequential(nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1))
+        self.b7 = nn.Sequential(nn.BatchNorm2d(16), nn.ReLU(),
+                                nn.Conv2d(16, 32, 3, padding=2, dilation=2), nn.BatchNorm2d(32),
+                                nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        a = self.entry(x)
+        b = self.b5(a)
+        return {"b4_5": a, "b5_2": b, "bn7": self.b7(b)}
+
+
+def make_tiny_classifier(num_classes: int = 4, seed: int = 0) -> PatchClassifier:
+    """A randomly initialised classifier in eval mode with non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    model = PatchClassifier(TinyBackbone(), num_classes)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_classifier() -> PatchClassifier:
+    return make_tiny_classifier()
+
+
+def write_patches(path: Path, n: int = 10, size: int = 32, num_classes: int = 4,
+                  masks: bool = True, seed: int = 0, names: list[str] | None = None) -> Path:
+    """A patches artifact of random tissue-like patches, some with a white area."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(60, 180, size=(n, size, size, 3), dtype=np.uint8)
+    images[::3, : size // 2, : size // 2] = 250  # glass in a corner of every third patch
+    truth = rng.integers(0, num_classes, size=(n, size, size), dtype=np.uint8)
+    truth[::3, : size // 2, : size // 2] = num_classes
+    labels = np.zeros((n, num_classes), dtype=np.uint8)
+    for i in range(n):
+        labels[i, rng.choice(num_classes, size=1 + i % 3, replace=False)] = 1
+    meta = ArtifactMeta(class_names=[f"c{k}" for k in range(num_classes)], patch_size=size,
+                        created_by="test", extra={"background": "white"})
+    with ArtifactWriter(path, meta, labels=True, masks=masks) as writer:
+        rows = {"labels": labels, **({"masks": truth} if masks else {})}
+        writer.append(images, names or [f"p{i:03d}" for i in range(n)], **rows)
+    return path

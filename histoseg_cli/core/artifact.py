@@ -2,17 +2,23 @@
 
 Documented in docs/artifacts.md. One file holds N patches of one size plus whatever is known
 about them: multi-hot labels, masks, names, level-0 coordinates, and per-patch datasets added by
-later stages (pseudo masks, CAMs). Writers go through a hidden temporary file that is renamed
-only when complete, so an interrupted command never leaves a file a reader would accept.
+later stages. Writers go through a hidden temporary file that is renamed only when complete, so
+an interrupted command never leaves a file a reader would accept.
+
+Two kinds share the format (attribute ``kind``; absent means ``patches``): a ``patches``
+artifact holds the pixels; a derived kind such as ``pseudo-masks`` holds per-patch results only
+and links to the patches artifact it was computed from (``input_path``, plus a hash of the
+input's names in order, checked by :func:`open_linked`), so patches are never copied.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,9 @@ SCHEMA_VERSION = 1
 #: Datasets with one row per patch that the schema defines itself.
 CORE_DATASETS = ("patches", "labels", "masks", "names", "coords")
 
+#: Artifact kinds and the dataset each must hold besides ``names``.
+KINDS = {"patches": "patches", "pseudo-masks": "pseudo_masks"}
+
 
 @dataclass
 class ArtifactMeta:
@@ -42,6 +51,8 @@ class ArtifactMeta:
     source: str = ""
     created_by: str = ""  # producing command, e.g. "tile"
     extra: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable, stage-specific
+    kind: str = "patches"  # one of KINDS
+    link: InputLink | None = None  # the patches artifact a derived kind was computed from
 
     @property
     def num_classes(self) -> int:
@@ -65,6 +76,29 @@ def default_palette(num_classes: int) -> np.ndarray:
     extra = rng.integers(0, 255, size=(max(0, num_classes - len(base)), 3), dtype=np.uint8)
     colours = np.concatenate([base, extra])[:num_classes]
     return np.concatenate([colours, np.array([[255, 255, 255]], dtype=np.uint8)])
+
+
+@dataclass(frozen=True)
+class InputLink:
+    """Where a derived artifact's patches live, and which names in which order they had."""
+
+    path: str
+    names_sha256: str
+    num_patches: int
+
+    @classmethod
+    def to(cls, artifact: Artifact) -> InputLink:
+        """A link to ``artifact`` (absolute path, hash of its names in order)."""
+        names = artifact.names()
+        return cls(str(artifact.path.resolve()), names_digest(names), len(names))
+
+
+def names_digest(names: list[str]) -> str:
+    """SHA-256 of the patch names in order (one per line): the identity of a patch list."""
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode("utf-8") + b"\n")
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -127,9 +161,15 @@ class ArtifactWriter:
         self.path = Path(path)
         self.meta = meta
         self.resumable = resumable
+        if meta.kind not in KINDS:
+            raise ValueError(f"unknown artifact kind {meta.kind!r}; one of {sorted(KINDS)}")
+        if (meta.kind == "patches") == (meta.link is not None):
+            raise ValueError("a patches artifact has no input link; a derived kind needs one")
         p = meta.patch_size
         c = meta.num_classes
-        self._specs: dict[str, ItemSpec] = {"patches": ItemSpec((p, p, 3), "uint8")}
+        self._specs: dict[str, ItemSpec] = {}
+        if meta.kind == "patches":
+            self._specs["patches"] = ItemSpec((p, p, 3), "uint8")
         if labels:
             self._specs["labels"] = ItemSpec((c,), "uint8")
         if masks:
@@ -141,6 +181,8 @@ class ArtifactWriter:
                 raise ValueError(f"{name} is a core dataset")
             self._specs[name] = spec
         self.compression = compression
+        if KINDS[meta.kind] not in self._specs:
+            raise ValueError(f"a {meta.kind} artifact needs the '{KINDS[meta.kind]}' dataset")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = _partial_path(self.path)
         self.rows_done = 0
@@ -158,14 +200,18 @@ class ArtifactWriter:
         try:
             with h5py.File(self._tmp, "r") as f:
                 layout = json.loads(f.attrs.get("layout", "{}"))
-                return layout == self._layout() and "rows_committed" in f.attrs
+                mine = json.loads(json.dumps(self._layout()))
+                return layout == mine and "rows_committed" in f.attrs
         except OSError:
             return False
 
     def _layout(self) -> dict[str, Any]:
+        """What must match for a partial file to be continued: datasets, classes, settings."""
         specs = {k: [list(v.shape), v.dtype] for k, v in self._specs.items()}
+        link = None if self.meta.link is None else asdict(self.meta.link)
         return {"specs": specs, "class_names": list(self.meta.class_names),
-                "compression": self.compression}
+                "compression": self.compression, "kind": self.meta.kind, "link": link,
+                "extra": self.meta.extra}
 
     def _create(self) -> None:
         f = self._file
@@ -193,7 +239,11 @@ class ArtifactWriter:
 
     def append(self, patches: np.ndarray, names: list[str], **rows: np.ndarray) -> None:
         """Append a batch: ``patches`` (B,H,W,3) uint8, ``names`` and every declared dataset."""
-        self._append({"patches": np.asarray(patches), **rows}, names)
+        self.append_rows(names, patches=patches, **rows)
+
+    def append_rows(self, names: list[str], **rows: np.ndarray) -> None:
+        """Append a batch of ``names`` and one array per declared dataset (any kind)."""
+        self._append(rows, names)
 
     def append_encoded(self, chunks: Sequence[bytes], names: list[str],
                        **rows: np.ndarray) -> None:
@@ -240,6 +290,11 @@ class ArtifactWriter:
         self._file.attrs["rows_committed"] = self.rows_done
         if self.resumable:
             self._file.flush()
+
+    def committed(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of a dataset already written (e.g. kept from a resumed run)."""
+        stop = self.rows_done if stop is None else min(stop, self.rows_done)
+        return self._file[name][start:stop]
 
     def set_attrs(self, dataset: str, **attrs: Any) -> None:
         """Attach attributes to one dataset (e.g. CLAM-compatible ``coords`` attributes)."""
@@ -288,6 +343,11 @@ def _write_meta(f: h5py.File, meta: ArtifactMeta) -> None:
     f.attrs["created_by"] = f"histoseg {meta.created_by} {__version__}".replace("  ", " ")
     f.attrs["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     f.attrs["extra"] = json.dumps(meta.extra)
+    f.attrs["kind"] = meta.kind
+    if meta.link is not None:
+        f.attrs["input_path"] = meta.link.path
+        f.attrs["input_names_sha256"] = meta.link.names_sha256
+        f.attrs["input_num_patches"] = int(meta.link.num_patches)
 
 
 class Artifact:
@@ -312,6 +372,8 @@ class Artifact:
             source=_as_str(f.attrs.get("source", "")),
             created_by=_as_str(f.attrs.get("created_by", "")),
             extra=json.loads(_as_str(f.attrs.get("extra", "{}"))),
+            kind=_as_str(f.attrs.get("kind", "patches")),
+            link=_read_link(f),
         )
         self.datasets = frozenset(k for k in f.keys() if isinstance(f[k], h5py.Dataset))
 
@@ -343,13 +405,21 @@ class Artifact:
         for key in ("class_names", "patch_size", "palette"):
             if key not in attrs:
                 raise self._fail(f"artifact lacks the '{key}' attribute")
-        if "patches" not in f or "names" not in f:
-            raise self._fail("artifact lacks the 'patches' or 'names' dataset")
-        n = f["patches"].shape[0]
+        kind = _as_str(attrs.get("kind", "patches"))
+        if kind not in KINDS:
+            raise self._fail(f"unknown artifact kind '{kind}' (this histoseg reads "
+                             f"{', '.join(KINDS)}): upgrade histoseg")
+        if kind != "patches" and "input_path" not in attrs:
+            raise self._fail(f"{kind} artifact lacks the 'input_path' attribute")
+        if KINDS[kind] not in f or "names" not in f:
+            raise self._fail(f"artifact lacks the '{KINDS[kind]}' or 'names' dataset")
+        n = f["names"].shape[0]
         p = int(attrs["patch_size"])
         c = len(attrs["class_names"])
         expected = {"patches": (n, p, p, 3), "names": (n,), "labels": (n, c),
                     "masks": (n, p, p), "coords": (n, 2)}
+        if "pseudo_masks" in f:
+            expected["pseudo_masks"] = (n, f["pseudo_masks"].shape[1], p, p)
         for name, shape in expected.items():
             if name in f and f[name].shape != shape:
                 raise self._fail(f"dataset '{name}' has shape {f[name].shape}, expected {shape}")
@@ -384,7 +454,11 @@ class Artifact:
         self.close()
 
     def __len__(self) -> int:
-        return int(self.file["patches"].shape[0])
+        return int(self.file["names"].shape[0])
+
+    @property
+    def kind(self) -> str:
+        return self.meta.kind
 
     @property
     def class_names(self) -> list[str]:
@@ -416,7 +490,7 @@ class Artifact:
         return self.file["labels"][:]
 
     def patch(self, index: int) -> np.ndarray:
-        return self.file["patches"][index]
+        return self.dataset("patches")[index]
 
     def mask(self, index: int) -> np.ndarray:
         if not self.has_masks:
@@ -428,6 +502,48 @@ class Artifact:
         if name not in self.datasets:
             raise self._fail(f"has no '{name}' dataset")
         return self.file[name]
+
+
+def _read_link(f: h5py.File) -> InputLink | None:
+    if "input_path" not in f.attrs:
+        return None
+    return InputLink(_as_str(f.attrs["input_path"]), _as_str(f.attrs["input_names_sha256"]),
+                     int(f.attrs["input_num_patches"]))
+
+
+def open_linked(path: str | Path, input_path: str | Path | None = None,
+                kind: str = "pseudo-masks") -> tuple[Artifact, Artifact]:
+    """Open a derived artifact and the patches artifact it links to, checked to match.
+
+    The input is ``input_path`` when given, else the recorded path, else a file of the same
+    name beside ``path`` (both files moved together). Its names, in order, must be those the
+    derived artifact was computed from; otherwise an ``InputError`` says which differ.
+    """
+    derived = Artifact(path)
+    if derived.kind != kind:
+        raise InputError(path, f"is a '{derived.kind}' artifact; expected '{kind}' (written by "
+                         f"histoseg cams)")
+    link = derived.meta.link
+    assert link is not None  # validated on open
+    candidates = ([Path(input_path)] if input_path is not None
+                  else [Path(link.path), derived.path.parent / Path(link.path).name])
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise InputError(path, f"its input {link.path} is missing; pass the patches artifact "
+                         "it was computed from explicitly")
+    source = Artifact(found)
+    if source.kind != "patches":
+        raise InputError(found, f"is a '{source.kind}' artifact; expected the patches artifact "
+                         f"{derived.path.name} was computed from")
+    names = source.names()
+    if len(names) != link.num_patches or names_digest(names) != link.names_sha256:
+        mine = derived.names()
+        first = next((i for i, (a, b) in enumerate(zip(mine, names)) if a != b),
+                     min(len(mine), len(names)))
+        raise InputError(found, f"does not match {derived.path.name}: it has {len(names)} "
+                         f"patches, the {kind} were computed from {link.num_patches}; first "
+                         f"difference at row {first}. Rerun histoseg cams on this input")
+    return derived, source
 
 
 def _as_str(value: Any) -> str:

@@ -1,0 +1,73 @@
+"""The classifier as stage 2 needs it: network, class names, and its input normalisation.
+
+``load_cam_model`` reads a train-cls checkpoint through ``core.models.checkpoint`` (which owns
+the format and the normalisation record); everything else here works on any
+``PatchClassifier``, so the Grad-CAM core is tested with tiny models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from histoseg_cli.core.models.base import PatchClassifier
+
+
+def scale01(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> float in [0, 1]: ResNet-38's input (the paper's), used by tests."""
+    return images.float() / 255.0
+
+
+@dataclass
+class CamModel:
+    """A trained patch classifier ready for Grad-CAM (eval mode, on its device)."""
+
+    model: PatchClassifier
+    class_names: list[str]
+    #: (B, 3, H, W) uint8 on the model's device -> the float input the classifier was trained on
+    normalise: Callable[[torch.Tensor], torch.Tensor] = scale01
+    source: str = ""  # checkpoint or run directory it came from
+    background: str | None = None  # the background rule recorded at training, if any
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(self.model.backbone.cam_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def inputs(self, patches: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 patches -> normalised (B, 3, H, W) float on the model's device."""
+        x = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device)
+        return self.normalise(x.permute(0, 3, 1, 2))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of every parameter and buffer: identifies the weights for resuming."""
+        h = hashlib.sha256()
+        for name, tensor in self.model.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+def load_cam_model(path: str | Path, device: torch.device) -> CamModel:
+    """Load a train-cls checkpoint (file or run directory) for Grad-CAM on ``device``."""
+    from histoseg_cli.core.models.checkpoint import load_classifier  # train-cls owns the format
+
+    loaded = load_classifier(path, device=device)
+    return CamModel(
+        model=loaded.model.to(device),
+        class_names=list(loaded.info.class_names),
+        normalise=loaded.input_norm,
+        source=str(Path(loaded.path).resolve()),
+        background=loaded.info.background,
+    )
