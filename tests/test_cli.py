@@ -77,6 +77,7 @@ def test_demo_data_then_tile_all_splits(cli, tmp_path):
     assert not train.has_masks
     val = Artifact(tmp_path / "h5" / "val.h5")
     assert len(val) == 6 and val.has_masks and val.meta.patch_size == 32
+    assert train.meta.extra["background"] == val.meta.extra["background"] == "white"
     # demo masks use all four classes and the background index 4
     masks = val.file["masks"][:]
     assert masks.max() <= 4 and len(set(masks.ravel().tolist())) >= 3

@@ -133,6 +133,7 @@ def tile_masked_images(
     *,
     palette: np.ndarray | None = None,
     source: str = "",
+    extra: dict[str, object] | None = None,
     reporter: Reporter = SILENT,
 ) -> TileSummary:
     """Cut every image of ``image_dir`` (mask of the same name in ``mask_dir``) into patches."""
@@ -146,7 +147,7 @@ def tile_masked_images(
     meta = ArtifactMeta(class_names=list(class_names), patch_size=p, palette=palette,
                         source=source or str(image_dir), created_by="tile",
                         extra={"stride": stride, "min_fraction": config.min_fraction,
-                               "mask_dir": str(mask_dir)})
+                               "mask_dir": str(mask_dir), **(extra or {})})
     dropped = 0
     patterns: set[bytes] = set()
     with ArtifactWriter(output, meta, labels=True, masks=True, coords=True) as writer, \
@@ -233,4 +234,5 @@ def tile_split(split: Split, output: Path, spec: DatasetSpec, config: TileConfig
         config = replace(config, patch_size=side, stride=side, keep_empty=True)
     return tile_masked_images(split.images, split.masks, output, spec.class_names, config,
                               palette=spec.palette_array(), reporter=reporter,
-                              source=str(split.images.parent))
+                              source=str(split.images.parent),
+                              extra={"dataset": spec.name, "background": spec.background})
