@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -341,8 +340,7 @@ class _Trainer:
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "steps_per_epoch": steps, "best_score": best_score})
                 if improved:
-                    shutil.copyfile(run.checkpoint, run.best.with_name(".best.pt.tmp"))
-                    os.replace(run.best.with_name(".best.pt.tmp"), run.best)
+                    save_classifier(run.best, plain, info)
                 run.write_metrics(rows)
                 run.write_curve(rows)
                 log.info("epoch %d/%d  loss %.4f  mu %.3f  lr %.2e  %.1f img/s%s", epoch + 1,
