@@ -27,7 +27,7 @@ TINY = ["--backbone", "resnet38d", "--width", "0.0625", "--batch-size", "8", "--
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "luad"
-    write_demo_dataset(root, DemoConfig(patch_size=32, train=48, val=12, test=1, seed=1))
+    write_demo_dataset(root, DemoConfig(patch_size=32, train=32, val=12, test=1, seed=1))
     return root
 
 
@@ -62,7 +62,7 @@ def test_training_from_dataset_folder(imported: dict[str, Path]) -> None:
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]  # it learns
     assert [r["mu"] for r in rows] == pytest.approx([1.0, 0.9, 0.81, 0.729])
     lrs = [r["lr"] for r in rows]
-    steps = 48 // 8
+    steps = 32 // 8
     assert lrs == pytest.approx([0.02 * (1 - e * steps / (4 * steps)) ** 0.9 for e in range(4)])
     val = rows[-1]["val"]  # the dataset's val/ split was used automatically
     assert set(val["f1"]) == set(val["auc"]) == {"TE", "NEC", "LYM", "TAS"}
@@ -198,6 +198,6 @@ def test_torchrun_two_processes_on_cpu(imported: dict[str, Path], tmp_path: Path
     config = json.loads((run / "config.json").read_text())
     assert config["world_size"] == 2
     rows = metrics(run)
-    assert [r["iteration"] for r in rows] == [6, 12]  # global batch 8 = 2 x 4 per process
+    assert [r["iteration"] for r in rows] == [4, 8]  # global batch 8 = 2 x 4 per process
     assert "val" in rows[-1]
     assert load_classifier(run, prefer="last").info.epoch == 2

@@ -90,9 +90,9 @@ def train_cls(
     precision: Annotated[str, typer.Option(
         "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.",
         rich_help_panel=HARDWARE)] = "auto",
-    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last",
-                                                help="channels_last memory format.",
-                                                rich_help_panel=HARDWARE)] = True,
+    channels_last: Annotated[bool | None, typer.Option(
+        "--channels-last/--no-channels-last", help="channels_last memory format \\[default: on "
+        "CUDA only].", show_default=False, rich_help_panel=HARDWARE)] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network.",
                                            rich_help_panel=HARDWARE)] = False,
     resume: Annotated[bool, typer.Option(

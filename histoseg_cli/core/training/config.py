@@ -37,7 +37,7 @@ class TrainConfig:
     flips: bool = True
     color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter, 0 = off
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: on CUDA only (it slows small CPU convolutions)
     compile: bool = False
     workers: int = 4
     device: str = "auto"
@@ -61,6 +61,9 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def use_channels_last(self, device_type: str) -> bool:
+        return device_type == "cuda" if self.channels_last is None else self.channels_last
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

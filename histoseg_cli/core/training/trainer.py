@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import PolynomialLR
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from histoseg_cli.core.artifact import Artifact
 from histoseg_cli.core.errors import HistosegError, InputError, UsageError
 from histoseg_cli.core.models import build_backbone
 from histoseg_cli.core.models.base import PatchClassifier
-from histoseg_cli.core.models.checkpoint import ClassifierInfo, read_checkpoint, save_classifier, unwrap
+from histoseg_cli.core.models.checkpoint import ClassifierInfo, read_checkpoint, save_classifier
 from histoseg_cli.core.models.pda import ProgressiveDropoutAttention
 from histoseg_cli.core.models.preprocess import InputNorm
 from histoseg_cli.core.models.pretrained import load_pretrained
@@ -48,6 +48,7 @@ from histoseg_cli.core.training.data import (
 from histoseg_cli.core.training.distributed import DistContext
 from histoseg_cli.core.training.metrics import multilabel_metrics
 from histoseg_cli.core.training.run_dir import RunDir
+from histoseg_cli.core.training.step import TrainStep, autocast_dtype, device_inputs
 
 log = logging.getLogger("histoseg")
 
@@ -68,14 +69,6 @@ class TrainResult:
         return {"run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint),
                 "best": str(self.best) if self.best else None, "epochs": self.epochs,
                 "iterations": self.iterations, "last_epoch": self.last}
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` ("auto": bf16 on CUDA, none on CPU)."""
-    if precision == "auto":
-        use = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if use else None
-    return torch.bfloat16 if precision == "bf16" else None
 
 
 def parameter_groups(model: PatchClassifier, lr: float, head_mult: float, weight_decay: float
@@ -229,10 +222,6 @@ class _Trainer:
         ctx, run = self.ctx, self.run_dir
         train_art = Artifact(sources.train)
         labels = train_labels(train_art)
-        class_names = train_art.class_names
-        patch_size = train_art.meta.patch_size
-        background = sources.background or train_art.meta.extra.get("background")
-
         payload = self._payload
         if cfg.resume and payload is None:
             payload = read_checkpoint(run.checkpoint)
@@ -240,22 +229,21 @@ class _Trainer:
             model.load_state_dict(payload["model"])
         if cfg.pretrained:
             model.backbone.freeze_pretrained()
-        memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        model.to(self.device, memory_format=memory)
+        channels_last = cfg.use_channels_last(self.device.type)
+        model.to(self.device,
+                 memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
         per_rank = cfg.batch_size // ctx.world_size
-        sampler = DistributedSampler(PatchDataset(train_art, labels), num_replicas=ctx.world_size,
-                                     rank=ctx.rank, shuffle=True, seed=cfg.seed)
-        pin = self.device.type == "cuda"
-        loader = make_loader(PatchDataset(train_art, labels), per_rank, sampler=sampler,
-                             workers=cfg.workers, pin_memory=pin, drop_last=True)
+        dataset = PatchDataset(train_art, labels)
+        sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
+                                     shuffle=True, seed=cfg.seed)
+        loader = make_loader(dataset, per_rank, sampler=sampler, workers=cfg.workers,
+                             pin_memory=self.device.type == "cuda", drop_last=True)
         steps = len(sampler) // per_rank
-        total = steps * cfg.epochs
-
         optimizer = torch.optim.SGD(parameter_groups(model, cfg.lr, cfg.head_lr_mult,
                                                      cfg.weight_decay), lr=cfg.lr,
                                     momentum=cfg.momentum)
-        scheduler = PolynomialLR(optimizer, total_iters=total, power=cfg.poly_power)
+        scheduler = PolynomialLR(optimizer, total_iters=steps * cfg.epochs, power=cfg.poly_power)
         start_epoch, best_score = 0, None
         if payload is not None:
             training = payload["training"]
@@ -267,114 +255,109 @@ class _Trainer:
             scheduler.load_state_dict(training["scheduler"])
             start_epoch, best_score = payload["info"]["epoch"], training["best_score"]
 
-        plain = model
         net: nn.Module = model
         if ctx.distributed:
             net = DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
             net = torch.compile(net)
-
+        step = TrainStep(net, optimizer, scheduler,
+                         InputNorm.from_spec(model.backbone.normalisation),
+                         Augment(cfg.flips, cfg.color_jitter), self.device,
+                         autocast_dtype(cfg.precision, self.device), channels_last)
         val = self._val_loader(sources, cfg) if ctx.is_main and sources.val else None
         rows = run.read_metrics(start_epoch) if ctx.is_main else []
-        norm = InputNorm.from_spec(plain.backbone.normalisation)
-        augment = Augment(cfg.flips, cfg.color_jitter)
-        dtype = autocast_dtype(cfg.precision, self.device)
-        iteration = start_epoch * steps
         if start_epoch >= cfg.epochs:
             log.info("run already complete (%d epochs)", cfg.epochs)
-
+        base_info = ClassifierInfo(
+            backbone=cfg.backbone, class_names=train_art.class_names,
+            backbone_kwargs=cfg.backbone_kwargs, normalisation=model.backbone.normalisation,
+            cam_layers=list(model.backbone.cam_layers), patch_size=train_art.meta.patch_size,
+            background=sources.background or train_art.meta.extra.get("background"),
+            dropout=cfg.dropout, config=cfg.as_dict())
         for epoch in range(start_epoch, cfg.epochs):
-            mu = cfg.mu.mu(epoch)
-            if plain.pda is not None:
-                plain.pda.mu = mu
-            torch.manual_seed(cfg.seed * 100_003 + epoch * 1_009 + ctx.rank)
-            sampler.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            net.train()
-            start = time.perf_counter()
-            loss_sum = torch.zeros((), device=self.device)
-            with self.reporter.bar(f"epoch {epoch + 1}/{cfg.epochs}", "img") as bar:
-                task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps * cfg.batch_size)
-                for patches, targets in loader:
-                    x = patches.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-                    x = norm(augment(x)).contiguous(memory_format=memory)
-                    y = targets.to(self.device, non_blocking=True)
-                    with torch.autocast(self.device.type, dtype=dtype or torch.float32,
-                                        enabled=dtype is not None):
-                        logits = net(x)
-                    loss = F.multilabel_soft_margin_loss(logits.float(), y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    loss_sum += loss.detach()
-                    bar.advance(task, cfg.batch_size)
-            iteration += steps
-            train_loss = float(ctx.mean(loss_sum / steps).item())
-            seconds = time.perf_counter() - start
-            if not math.isfinite(train_loss):
-                raise HistosegError(f"training diverged at epoch {epoch + 1} (loss "
-                                    f"{train_loss}); lower --lr")
-            row: dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration, "lr": lr,
-                                   "head_lr": lr * cfg.head_lr_mult, "mu": mu,
-                                   "train_loss": round(train_loss, 6),
-                                   "images_per_s": round(steps * cfg.batch_size / seconds, 2),
-                                   "seconds": round(seconds, 2)}
+            row = self._epoch(epoch, cfg, model, step, loader, sampler, steps)
             if ctx.is_main:
                 if val is not None:
-                    row["val"] = self._validate(plain, val, class_names, norm, memory, dtype)
+                    row["val"] = self._validate(model, val, train_art.class_names, step)
                 rows.append(row)
-                info = ClassifierInfo(
-                    backbone=cfg.backbone, class_names=class_names,
-                    backbone_kwargs=cfg.backbone_kwargs,
-                    normalisation=plain.backbone.normalisation,
-                    cam_layers=list(plain.backbone.cam_layers), patch_size=patch_size,
-                    background=background, dropout=cfg.dropout, config=cfg.as_dict(),
-                    pda={**asdict(cfg.mu), "enabled": cfg.pda, "mu": mu},
-                    epoch=epoch + 1, iteration=iteration)
-                score = (row.get("val") or {}).get("mean_f1")
-                improved = score is not None and (best_score is None or score > best_score)
-                best_score = score if improved else best_score
-                save_classifier(run.checkpoint, plain, info, training={
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "steps_per_epoch": steps, "best_score": best_score})
-                if improved:
-                    save_classifier(run.best, plain, info)
-                run.write_metrics(rows)
-                run.write_curve(rows)
-                log.info("epoch %d/%d  loss %.4f  mu %.3f  lr %.2e  %.1f img/s%s", epoch + 1,
-                         cfg.epochs, train_loss, mu, lr, row["images_per_s"],
-                         _val_text(row.get("val")))
+                best_score = self._save(model, replace(
+                    base_info, pda={**asdict(cfg.mu), "enabled": cfg.pda, "mu": row["mu"]},
+                    epoch=epoch + 1, iteration=row["iteration"]), step, rows, best_score, steps)
             ctx.barrier()
         train_art.close()
         return TrainResult(run.root, run.checkpoint, run.best if run.best.is_file() else None,
-                           cfg.epochs, iteration, rows[-1] if rows else {}, ctx.is_main)
+                           cfg.epochs, steps * cfg.epochs, rows[-1] if rows else {}, ctx.is_main)
 
-    def _val_loader(self, sources: DataSources, cfg: TrainConfig) -> Any:
+    def _epoch(self, epoch: int, cfg: TrainConfig, model: PatchClassifier, step: TrainStep,
+               loader: DataLoader, sampler: DistributedSampler, steps: int) -> dict[str, Any]:
+        """Train one epoch; the metrics row (loss averaged over steps and processes)."""
+        mu = cfg.mu.mu(epoch)
+        if model.pda is not None:
+            model.pda.mu = mu
+        torch.manual_seed(cfg.seed * 100_003 + epoch * 1_009 + self.ctx.rank)
+        sampler.set_epoch(epoch)
+        lr = step.optimizer.param_groups[0]["lr"]
+        step.net.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device)
+        title = f"epoch {epoch + 1}/{cfg.epochs}"
+        with self.reporter.bar(title, "img") as bar:
+            task = bar.add_task(title, total=steps * cfg.batch_size)
+            for patches, targets in loader:
+                loss_sum += step(patches, targets)
+                bar.advance(task, cfg.batch_size)
+        train_loss = float(self.ctx.mean(loss_sum / steps).item())  # the epoch's one sync
+        seconds = time.perf_counter() - start
+        if not math.isfinite(train_loss):
+            raise HistosegError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); "
+                                "lower --lr")
+        return {"epoch": epoch + 1, "iteration": (epoch + 1) * steps, "lr": lr,
+                "head_lr": lr * cfg.head_lr_mult, "mu": mu, "train_loss": round(train_loss, 6),
+                "images_per_s": round(steps * cfg.batch_size / seconds, 2),
+                "seconds": round(seconds, 2)}
+
+    def _save(self, model: PatchClassifier, info: ClassifierInfo, step: TrainStep,
+              rows: list[dict[str, Any]], best_score: float | None, steps: int) -> float | None:
+        """Checkpoint (with training state), best.pt when val mean F1 improved, metrics, curve."""
+        run, row = self.run_dir, rows[-1]
+        score = (row.get("val") or {}).get("mean_f1")
+        improved = score is not None and (best_score is None or score > best_score)
+        best_score = score if improved else best_score
+        save_classifier(run.checkpoint, model, info, training={
+            "optimizer": step.optimizer.state_dict(), "scheduler": step.scheduler.state_dict(),
+            "steps_per_epoch": steps, "best_score": best_score})
+        if improved:
+            save_classifier(run.best, model, info)
+        run.write_metrics(rows)
+        run.write_curve(rows)
+        log.info("epoch %d/%d  loss %.4f  mu %.3f  lr %.2e  %.1f img/s%s", row["epoch"],
+                 info.config["epochs"], row["train_loss"], row["mu"], row["lr"],
+                 row["images_per_s"], _val_text(row.get("val")))
+        return best_score
+
+    def _val_loader(self, sources: DataSources, cfg: TrainConfig) -> DataLoader:
         art = Artifact(sources.val)
         dataset = PatchDataset(art, val_labels(art))
         return make_loader(dataset, cfg.batch_size, sampler=None, workers=min(cfg.workers, 2),
                            pin_memory=self.device.type == "cuda", drop_last=False)
 
     @torch.inference_mode()
-    def _validate(self, model: PatchClassifier, loader: Any, class_names: list[str],
-                  norm: InputNorm, memory: torch.memory_format, dtype: torch.dtype | None
-                  ) -> dict[str, Any]:
+    def _validate(self, model: PatchClassifier, loader: DataLoader, class_names: list[str],
+                  step: TrainStep) -> dict[str, Any]:
         """Loss and multi-label metrics of the plain network (no PDA, no dropout)."""
         model.eval()
         logits, targets = [], []
         for patches, y in loader:
-            x = norm(patches.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
-            with torch.autocast(self.device.type, dtype=dtype or torch.float32,
-                                enabled=dtype is not None):
-                logits.append(model(x.contiguous(memory_format=memory)).float())
+            x = device_inputs(patches, self.device, step.norm, step.channels_last)
+            with torch.autocast(self.device.type, dtype=step.dtype or torch.float32,
+                                enabled=step.dtype is not None):
+                logits.append(model(x).float())
             targets.append(y.to(self.device, non_blocking=True))
         model.train()
         z, t = torch.cat(logits), torch.cat(targets)
         loss = float(F.multilabel_soft_margin_loss(z, t).item())
-        probs = torch.sigmoid(z).cpu().numpy()
-        metrics = multilabel_metrics(probs, t.cpu().numpy(), class_names)
+        metrics = multilabel_metrics(torch.sigmoid(z).cpu().numpy(), t.cpu().numpy(), class_names)
         return {"loss": round(loss, 6), **metrics}
 
 
