@@ -30,6 +30,16 @@ from histoseg_cli.core.models.mxnet_params import (
 from histoseg_cli.core.models.pretrained import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP spin-waits
+    make two threads many times slower than one."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 TINY = {"width": 0.0625}
 
 
@@ -112,7 +122,7 @@ def test_imagenet_download_offline_is_one_clear_error(tmp_path: Path) -> None:
             "from histoseg_cli.core.models.pretrained import load_pretrained\n"
             "load_pretrained(build_backbone('resnet18'), 'imagenet')\n")
     env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-           "TORCH_HOME": str(tmp_path / "torch"), "PATH": "/usr/bin:/bin"}
+           "TORCH_HOME": str(tmp_path / "torch"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0
