@@ -137,7 +137,10 @@ def load_classifier(path_or_run_dir: str | Path, device: str | torch.device = "c
     path = resolve_checkpoint(path_or_run_dir, prefer)
     payload = read_checkpoint(path)
     info = ClassifierInfo.from_dict(payload["info"])
-    model = build_classifier(info)
+    try:
+        model = build_classifier(info)
+    except (ValueError, TypeError) as err:
+        raise InputError(path, f"cannot rebuild the network ({err})") from None
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as err:

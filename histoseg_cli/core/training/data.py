@@ -8,6 +8,7 @@ the host does no per-pixel work and transfers a quarter of the bytes of float in
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +130,10 @@ class PatchDataset(Dataset):
 
 def make_loader(dataset: PatchDataset, batch_size: int, *, sampler: DistributedSampler | None,
                 workers: int, pin_memory: bool, drop_last: bool) -> DataLoader:
-    """A loader that keeps workers alive across epochs and prefetches a few batches."""
+    """A loader that keeps workers alive across epochs and prefetches a few batches; never
+    more workers than CPUs this process may use."""
+    workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                  else os.cpu_count() or 1)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=workers, pin_memory=pin_memory, drop_last=drop_last,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
