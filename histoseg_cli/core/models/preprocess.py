@@ -7,7 +7,7 @@ ImageNet encoders see the usual mean/std normalisation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,6 +21,9 @@ class InputNorm:
 
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    #: mean/std tensors per device, made once: a per-step host-to-device copy would stall
+    _tensors: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_spec(cls, spec: str | dict[str, Any]) -> InputNorm:
@@ -43,8 +46,11 @@ class InputNorm:
         """Float (B, 3, H, W) inputs from (B, 3, H, W) values in [0, 255] (uint8 or float)."""
         x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float() / 255.0
         if self.mean:
-            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+            if x.device not in self._tensors:
+                self._tensors[x.device] = (
+                    torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1),
+                    torch.tensor(self.std, device=x.device).view(1, 3, 1, 1))
+            mean, std = self._tensors[x.device]
             x = (x - mean) / std
         return x
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
 from histoseg_cli.core.artifact import Artifact
-from histoseg_cli.core.datasets import find_splits, get_dataset
+from histoseg_cli.core.datasets import DatasetSpec, Split, find_splits, get_dataset
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.tiling import TileConfig, labels_from_masks, tile_split
@@ -37,7 +37,8 @@ class DataSources:
     background: str | None  # CAM background rule of the dataset, when known
 
 
-def _import_split(split, spec, out: Path, workers: int, reporter: Reporter) -> Path:
+def _import_split(split: Split, spec: DatasetSpec, out: Path, workers: int,
+                  reporter: Reporter) -> Path:
     if out.is_file():
         try:
             Artifact(out).close()
