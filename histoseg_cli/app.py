@@ -13,6 +13,7 @@ from histoseg_cli import __version__
 COMMAND_MODULES = (
     "histoseg_cli.commands.demo_data",
     "histoseg_cli.commands.tile",
+    "histoseg_cli.commands.train_cls",
     "histoseg_cli.commands.cams",
 )
 

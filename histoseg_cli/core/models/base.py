@@ -35,16 +35,57 @@ def build_backbone(name: str, **kwargs: Any) -> Backbone:
 
 
 class Backbone(nn.Module):
-    """Feature extractor exposing three layers for Grad-CAM; the last is the final features."""
+    """Feature extractor exposing three layers for Grad-CAM; the last is the final features.
+
+    Besides the layers, a backbone says how its inputs are normalised (``normalisation``: a
+    spec for :class:`~histoseg_cli.core.models.preprocess.InputNorm`) and which early modules
+    stay fixed when fine-tuning pretrained weights (``stem_modules``, frozen together with every
+    BatchNorm by :meth:`freeze_pretrained`, as the reference does).
+    """
 
     #: names of the three Grad-CAM layers, shallow to deep; the last is the pooled feature map
     cam_layers: tuple[str, str, str]
     #: channels of each entry of ``cam_layers``
     layer_channels: tuple[int, int, int]
+    #: input normalisation: "scale01" or {"mean": [...], "std": [...]} (on [0, 1] inputs)
+    normalisation: str | dict[str, list[float]] = "scale01"
+    #: attribute names of the modules frozen when starting from pretrained weights
+    stem_modules: tuple[str, ...] = ()
+    #: spatial size of the final features is the input size divided by this
+    output_stride: int = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn_frozen = False
 
     @property
     def out_channels(self) -> int:
         return self.layer_channels[-1]
+
+    def stem(self) -> list[nn.Module]:
+        """The modules named by ``stem_modules``."""
+        return [getattr(self, name) for name in self.stem_modules]
+
+    def freeze_pretrained(self) -> None:
+        """Fix the stem modules and every BatchNorm (statistics and affine parameters)."""
+        for module in self.stem():
+            for param in module.parameters():
+                param.requires_grad_(False)
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                for param in module.parameters():
+                    param.requires_grad_(False)
+        self.bn_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Like ``nn.Module.train``, but frozen BatchNorms keep using their running statistics."""
+        super().train(mode)
+        if self.bn_frozen:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

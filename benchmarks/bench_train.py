@@ -1,0 +1,205 @@
+"""Training-step throughput of train-cls: our default path vs a reference-style loop.
+
+Both run the same network (ResNet-38 + PDA + fc8, stem and BatchNorm frozen as when starting
+from the pretrained A1 weights) on synthetic 224 px batches, each in its own process so peak
+memory is measured cleanly:
+
+* default: the train-cls step (histoseg_cli.core.training.step.TrainStep): uint8 batch from
+  pinned memory, flips + normalisation on the device, bf16 autocast and channels_last on CUDA,
+  loss accumulated on the device (no per-step host sync); optionally --compile.
+* reference: what the reference code does per step: float32 NCHW inputs normalised on the
+  host, copied unpinned, fp32 eager forward/backward (TF32 off, like the PyTorch the reference
+  was written for, unless --reference-tf32), and ``loss.item()`` every step.
+
+Prints images/s, ms per step and peak memory of both, and their ratio.
+
+    python benchmarks/bench_train.py --device cuda                      # paper setting
+    python benchmarks/bench_train.py --device cpu --batch-size 4 --steps 2 --warmup 1 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--backbone", default="resnet38d")
+    p.add_argument("--width", type=float, default=1.0, help="resnet38d channel multiplier")
+    p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--size", type=int, default=224, help="patch side in pixels")
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per mode")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--modes", default="default,reference")
+    p.add_argument("--compile", action="store_true", help="torch.compile the default path")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="precision of the default path (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train stem and BatchNorm too (default: frozen, as with A1 weights)")
+    p.add_argument("--reference-tf32", action="store_true",
+                   help="let the reference loop use TF32 (PyTorch's default on Ampere+)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--child", default="", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def machine(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def run_child(args: argparse.Namespace) -> dict[str, object]:
+    """Time one mode in this process."""
+    import torch
+    import torch.nn.functional as F
+    from torch.optim.lr_scheduler import PolynomialLR
+
+    from histoseg_cli.core.models import PatchClassifier, ProgressiveDropoutAttention, build_backbone
+    from histoseg_cli.core.models.preprocess import InputNorm
+    from histoseg_cli.core.training.data import Augment
+    from histoseg_cli.core.training.distributed import pick_device
+    from histoseg_cli.core.training.step import TrainStep, autocast_dtype
+    from histoseg_cli.core.training.trainer import parameter_groups
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    kwargs = {"width": args.width} if args.backbone == "resnet38d" and args.width != 1 else {}
+    model = PatchClassifier(build_backbone(args.backbone, **kwargs), args.classes,
+                            pda=ProgressiveDropoutAttention(mu=0.9))
+    if not args.from_scratch:
+        model.backbone.freeze_pretrained()
+    default = args.child == "default"
+    channels_last = default and cuda
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model.train()
+    optimizer = torch.optim.SGD(parameter_groups(model, 0.01, 10.0, 5e-4), lr=0.01, momentum=0.9)
+    total = args.warmup + args.steps
+    scheduler = PolynomialLR(optimizer, total_iters=total + 1, power=0.9)
+    b, s = args.batch_size, args.size
+    labels = (torch.rand(b, args.classes) > 0.5).float()
+    norm = InputNorm.from_spec(model.backbone.normalisation)
+
+    if default:
+        patches = torch.randint(0, 256, (b, s, s, 3), dtype=torch.uint8)
+        if cuda:
+            patches, labels = patches.pin_memory(), labels.pin_memory()
+        net = torch.compile(model) if args.compile else model
+        step = TrainStep(net, optimizer, scheduler, norm, Augment(flips=True), device,
+                         autocast_dtype(args.precision, device), channels_last)
+        loss_sum = torch.zeros((), device=device)
+
+        def one_step() -> None:
+            nonlocal loss_sum
+            loss_sum = loss_sum + step(patches, labels)
+
+        def finish() -> float:
+            return float(loss_sum.item())
+    else:
+        if cuda:
+            torch.backends.cudnn.allow_tf32 = args.reference_tf32
+            torch.backends.cuda.matmul.allow_tf32 = args.reference_tf32
+        images = norm(torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8))
+
+        def one_step() -> None:
+            x, y = images.to(device), labels.to(device)
+            loss = F.multilabel_soft_margin_loss(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss.item()  # the reference logs every step
+
+        def finish() -> float:
+            return 0.0
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    for _ in range(args.warmup):
+        one_step()
+    finish()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        one_step()
+    finish()
+    sync()
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated(device) if cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"mode": args.child + (" (compiled)" if default and args.compile else "")
+            + (f" ({args.precision})" if default and args.precision != "auto" else ""),
+            "images_per_s": round(args.steps * b / seconds, 3),
+            "ms_per_step": round(1000 * seconds / args.steps, 1),
+            "peak_memory_mb": round(peak / 2**20, 1),
+            "peak_memory_kind": "GPU allocated" if cuda else "process RSS",
+            "precision": "bf16" if default and step.dtype else "fp32",
+            "channels_last": channels_last,
+            "machine": machine(str(device)), "torch": torch.__version__}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(run_child(args)))
+        return
+    results = []
+    raw = sys.argv[1:] if argv is None else argv
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        proc = subprocess.run([sys.executable, __file__, *raw, "--child", mode],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{mode} run failed:\n{proc.stderr[-2000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    summary = {"config": {k: v for k, v in vars(args).items() if k not in ("child", "json")},
+               "results": results}
+    by_mode = {r["mode"].split(" ")[0]: r for r in results}
+    if "default" in by_mode and "reference" in by_mode:
+        summary["speedup"] = round(by_mode["default"]["images_per_s"]
+                                   / by_mode["reference"]["images_per_s"], 2)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(f"train-cls step, {args.backbone} (width {args.width}), {args.size} px, batch "
+          f"{args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up")
+    print(f"machine: {results[0]['machine']}; torch {results[0]['torch']}")
+    for r in results:
+        print(f"  {r['mode']:<20} {r['images_per_s']:>9.2f} img/s  {r['ms_per_step']:>9.1f} "
+              f"ms/step  peak {r['peak_memory_mb']:>8.0f} MiB ({r['peak_memory_kind']})  "
+              f"{r['precision']}, channels_last={r['channels_last']}")
+    if "speedup" in summary:
+        print(f"  speed-up default / reference: {summary['speedup']}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""``histoseg train-cls``: train the multi-label patch classifier with PDA (stage 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histoseg_cli.app import app
+from histoseg_cli.cli import Output, command
+from histoseg_cli.core.datasets import DATASETS
+from histoseg_cli.core.errors import UsageError
+from histoseg_cli.core.models import BACKBONES, MuSchedule
+from histoseg_cli.core.training import TrainConfig, train_classifier
+
+DATA, MODEL, OPTIM, PDA, HARDWARE, OUTPUT = ("Data", "Model", "Optimisation", "PDA", "Hardware",
+                                             "Output")
+
+
+@command(app, "train-cls", panel="Training")
+def train_cls(
+    data: Annotated[Path, typer.Argument(help="Training artifact (.h5 with labels) or dataset "
+                                         "folder (with --dataset).", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory to write.",
+                                         show_default=False, rich_help_panel=OUTPUT)],
+    val: Annotated[Path | None, typer.Option(
+        "--val", help="Validation artifact (labels or masks) or split folder; per-class F1, AUC "
+        "and exact match each epoch \\[default: the dataset's val/ split when DATA is a dataset "
+        "root].", show_default=False, rich_help_panel=DATA)] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help=f"Layout of a dataset folder: {', '.join(DATASETS)}.",
+        rich_help_panel=DATA)] = None,
+    flips: Annotated[bool, typer.Option("--flips/--no-flips", help="Random horizontal and "
+                                        "vertical flips.", rich_help_panel=DATA)] = True,
+    color_jitter: Annotated[float, typer.Option(
+        "--color-jitter", min=0.0, max=0.99, help="Brightness/contrast/saturation jitter "
+        "strength (0 = off).", rich_help_panel=DATA)] = 0.0,
+    backbone: Annotated[str, typer.Option(
+        "--backbone", help=f"Network: {', '.join(sorted(BACKBONES))}.",
+        rich_help_panel=MODEL)] = "resnet38d",
+    width: Annotated[float, typer.Option(
+        "--width", min=0.01, max=1.0, help="resnet38d channel multiplier (1 = the paper's "
+        "network; smaller only for quick tries).", rich_help_panel=MODEL)] = 1.0,
+    pretrained: Annotated[str | None, typer.Option(
+        "--pretrained", help="Starting weights: a state dict / checkpoint / MXNet .params file, "
+        "or 'imagenet' (downloads timm weights). Freezes the stem and BatchNorm.",
+        show_default=False, rich_help_panel=MODEL)] = None,
+    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.99,
+                                           help="Dropout2d before pooling.",
+                                           rich_help_panel=MODEL)] = 0.5,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=OPTIM)] = 20,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", min=1, help="Global batch (split over torchrun processes).",
+        rich_help_panel=OPTIM)] = 20,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Backbone learning rate.",
+                                      rich_help_panel=OPTIM)] = 0.01,
+    head_lr_mult: Annotated[float, typer.Option("--head-lr-mult", min=0.0,
+                                                help="LR multiplier of fc8.",
+                                                rich_help_panel=OPTIM)] = 10.0,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0,
+                                                rich_help_panel=OPTIM)] = 5e-4,
+    momentum: Annotated[float, typer.Option("--momentum", min=0.0, max=1.0,
+                                            rich_help_panel=OPTIM)] = 0.9,
+    poly_power: Annotated[float, typer.Option("--poly-power", min=0.0,
+                                              help="Poly LR decay power (per iteration).",
+                                              rich_help_panel=OPTIM)] = 0.9,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=OPTIM)] = 0,
+    deterministic: Annotated[bool, typer.Option(
+        "--deterministic", help="Deterministic kernels (slower on GPU).",
+        rich_help_panel=OPTIM)] = False,
+    pda: Annotated[bool, typer.Option("--pda/--no-pda", help="Progressive Dropout Attention.",
+                                      rich_help_panel=PDA)] = True,
+    pda_sigma: Annotated[float, typer.Option("--pda-sigma", min=0.01, max=1.0,
+                                             help="mu decay per epoch.",
+                                             rich_help_panel=PDA)] = 0.985,
+    pda_floor: Annotated[float, typer.Option("--pda-floor", min=0.0, max=1.0,
+                                             help="Lowest mu.", rich_help_panel=PDA)] = 0.65,
+    pda_warmup: Annotated[int, typer.Option("--pda-warmup", min=0,
+                                            help="Epochs with PDA off (mu = 1).",
+                                            rich_help_panel=PDA)] = 3,
+    pda_decay_in_warmup: Annotated[bool, typer.Option(
+        "--pda-decay-in-warmup", help="Decay mu during warm-up too (reference code; with "
+        "--pda-sigma 0.98).", rich_help_panel=PDA)] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.",
+                                        rich_help_panel=HARDWARE)] = "auto",
+    workers: Annotated[int, typer.Option("--workers", "-j", min=0,
+                                         help="Data-loading processes.",
+                                         rich_help_panel=HARDWARE)] = 4,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.",
+        rich_help_panel=HARDWARE)] = "auto",
+    channels_last: Annotated[bool | None, typer.Option(
+        "--channels-last/--no-channels-last", help="channels_last memory format \\[default: on "
+        "CUDA only].", show_default=False, rich_help_panel=HARDWARE)] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network.",
+                                           rich_help_panel=HARDWARE)] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in RUN_DIR (schedules, data order, best score).",
+        rich_help_panel=OUTPUT)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run in RUN_DIR.",
+                                            rich_help_panel=OUTPUT)] = False,
+    *,
+    out: Output,
+) -> None:
+    """Train the multi-label patch classifier with Progressive Dropout Attention (stage 1).
+
+    Writes RUN_DIR/checkpoint.pt (self-describing; best.pt with --val), metrics.jsonl,
+    curve.png and config.json; prints the checkpoint path. Runs distributed under torchrun.
+
+    [b]Examples[/b]
+
+      histoseg train-cls LUAD-HistoSeg --dataset luad -o runs/cls --pretrained a1.params
+
+      histoseg train-cls train.h5 --val val.h5 -o runs/r18 --backbone resnet18 --pretrained imagenet
+
+      torchrun --nproc_per_node=4 -m histoseg_cli train-cls train.h5 -o runs/cls
+    """
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if width != 1.0 and backbone != "resnet38d":
+        raise UsageError("--width applies to --backbone resnet38d only")
+    if backbone not in BACKBONES:
+        raise UsageError(f"--backbone {backbone}: choose one of {', '.join(sorted(BACKBONES))}")
+    try:
+        config = TrainConfig(
+            data=str(data), run_dir=str(output), val=str(val) if val else None, dataset=dataset,
+            backbone=backbone, backbone_kwargs={"width": width} if width != 1.0 else {},
+            pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
+            head_lr_mult=head_lr_mult, weight_decay=weight_decay, momentum=momentum,
+            poly_power=poly_power, dropout=dropout, pda=pda,
+            mu=MuSchedule(pda_sigma, pda_floor, pda_warmup, pda_decay_in_warmup),
+            flips=flips, color_jitter=color_jitter, precision=precision,
+            channels_last=channels_last, compile=compile_, workers=workers, device=device,
+            seed=seed, deterministic=deterministic, resume=resume, overwrite=overwrite)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    result = train_classifier(config, out.reporter)
+    if result.is_main:
+        out.result(result.as_dict(), paths=[str(result.checkpoint)])

@@ -1,0 +1,73 @@
+"""Progressive Dropout Attention (PDA) and its mu schedule (METHOD.md, stage 1).
+
+PDA pushes the classifier to look beyond the most discriminative spots: each class activation
+map is cut off above ``mu`` times its own maximum, and the mean of the clipped maps reweights the
+features. ``mu`` shrinks epoch by epoch, so ever more of each peak is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MuSchedule:
+    """``mu`` per epoch: 1 (PDA off) during ``warmup_epochs``, then ``sigma`` times the
+    previous value, never below ``floor``.
+
+    Paper defaults. The reference code instead uses ``sigma=0.98`` and also decays during the
+    warm-up (``decay_in_warmup=True``), so PDA starts at 0.98**3 = 0.941.
+    """
+
+    sigma: float = 0.985
+    floor: float = 0.65
+    warmup_epochs: int = 3
+    decay_in_warmup: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sigma <= 1:
+            raise ValueError(f"PDA sigma must be in (0, 1], got {self.sigma}")
+        if not 0 <= self.floor <= 1:
+            raise ValueError(f"PDA floor must be in [0, 1], got {self.floor}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"PDA warm-up epochs must be >= 0, got {self.warmup_epochs}")
+
+    def mu(self, epoch: int) -> float:
+        """``mu`` for 0-based ``epoch`` (closed form, so a resumed run continues exactly)."""
+        if epoch < self.warmup_epochs:
+            return 1.0
+        decays = epoch if self.decay_in_warmup else epoch - self.warmup_epochs + 1
+        return max(self.floor, self.sigma ** decays)
+
+
+class ProgressiveDropoutAttention(nn.Module):
+    """Reweight features by the mean of the clipped class activation maps.
+
+    Called with ``(features, fc8_weight)``: CAM_k = ReLU(fc8_k as a 1x1 conv) for every class;
+    values above ``mu * max(CAM_k)`` (per sample) become 0; the mean over classes multiplies the
+    features. Gradients flow through the attention. ``mu >= 1`` switches PDA off (warm-up).
+    """
+
+    def __init__(self, mu: float = 1.0) -> None:
+        super().__init__()
+        self.mu = mu
+
+    @property
+    def active(self) -> bool:
+        return self.mu < 1.0
+
+    def forward(self, features: torch.Tensor, fc8_weight: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return features
+        cams = F.relu(F.conv2d(features, fc8_weight.to(features.dtype)))
+        beta = self.mu * cams.amax(dim=(2, 3), keepdim=True)
+        clipped = torch.where(cams > beta, torch.zeros_like(cams), cams)
+        attention = clipped.mean(dim=1, keepdim=True)
+        return features * attention
+
+    def extra_repr(self) -> str:
+        return f"mu={self.mu:.4f}"

@@ -1,0 +1,85 @@
+"""Process-group handling: the same code runs alone or under ``torchrun``.
+
+Under torchrun (``WORLD_SIZE`` > 1) each process joins a group (NCCL on GPUs, gloo on CPU) and
+trains a DistributedDataParallel replica on its share of every batch; only rank 0 writes files
+and draws progress bars.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from histoseg_cli.core.errors import UsageError
+
+
+def pick_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: CUDA is not available on this machine")
+        return torch.device(spec if ":" in spec else f"cuda:{local_rank}")
+    if spec != "cpu":
+        raise UsageError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+    return torch.device("cpu")
+
+
+@dataclass
+class DistContext:
+    """Rank, world size and device of this process."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls, device: str) -> DistContext:
+        """Join the torchrun process group if there is one."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        dev = pick_device(device, local)
+        if world > 1 and not dist.is_initialized():
+            if dev.type == "cuda":
+                torch.cuda.set_device(dev)
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        return cls(rank, world, local, dev)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` averaged over all processes (unchanged when alone)."""
+        if self.distributed:
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.world_size
+        return value
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` (picklable) on every process."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,71 @@
+"""PDA against a direct per-class, per-sample computation; the mu schedule's values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from histoseg_cli.core.models.pda import MuSchedule, ProgressiveDropoutAttention
+
+
+def direct_pda(features: torch.Tensor, weight: torch.Tensor, mu: float) -> torch.Tensor:
+    """METHOD.md stage 1, written out with loops."""
+    b, _, h, w = features.shape
+    c = weight.shape[0]
+    out = torch.empty_like(features)
+    for i in range(b):
+        attention = torch.zeros(h, w, dtype=features.dtype)
+        for k in range(c):
+            cam = torch.einsum("chw,c->hw", features[i], weight[k, :, 0, 0]).clamp(min=0)
+            beta = mu * cam.max()
+            attention += torch.where(cam > beta, torch.zeros_like(cam), cam)
+        out[i] = features[i] * (attention / c)
+    return out
+
+
+def test_pda_matches_direct_computation() -> None:
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(3, 6, 5, 4, generator=gen, dtype=torch.float64).relu()
+    weight = torch.randn(4, 6, 1, 1, generator=gen, dtype=torch.float64)
+    pda = ProgressiveDropoutAttention(mu=0.8)
+    got = pda(features, weight)
+    want = direct_pda(features, weight, 0.8)
+    torch.testing.assert_close(got, want)
+    # something was actually clipped, and the output differs from the input
+    cams = torch.einsum("bchw,kc->bkhw", features, weight[:, :, 0, 0]).clamp(min=0)
+    assert (cams > 0.8 * cams.amax(dim=(2, 3), keepdim=True)).any()
+    assert not torch.allclose(got, features)
+
+
+def test_pda_gradients_flow_through_attention() -> None:
+    features = torch.rand(2, 4, 3, 3, requires_grad=True)
+    weight = torch.randn(3, 4, 1, 1, requires_grad=True)
+    ProgressiveDropoutAttention(mu=0.9)(features, weight).sum().backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+    assert features.grad is not None and features.grad.abs().sum() > 0
+
+
+def test_pda_off_at_mu_one() -> None:
+    features = torch.rand(2, 4, 3, 3)
+    weight = torch.randn(3, 4, 1, 1)
+    assert ProgressiveDropoutAttention(mu=1.0)(features, weight) is features
+
+
+def test_mu_schedule_paper_values() -> None:
+    s = MuSchedule()  # sigma 0.985, floor 0.65, warm-up 3
+    values = [s.mu(e) for e in range(40)]
+    assert values[:3] == [1.0, 1.0, 1.0]
+    assert values[3] == pytest.approx(0.985)
+    assert values[4] == pytest.approx(0.985**2)
+    assert values[19] == pytest.approx(0.985**17)  # last epoch of a 20-epoch run
+    assert min(values) == pytest.approx(0.65)
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert MuSchedule(sigma=0.5, floor=0.3, warmup_epochs=0).mu(5) == 0.3
+
+
+def test_mu_schedule_reference_variant() -> None:
+    s = MuSchedule(sigma=0.98, warmup_epochs=3, decay_in_warmup=True)
+    assert s.mu(2) == 1.0
+    assert s.mu(3) == pytest.approx(0.941192)  # 0.98 ** 3: PDA starts there in the reference
+    with pytest.raises(ValueError):
+        MuSchedule(sigma=1.5)
