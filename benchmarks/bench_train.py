@@ -81,13 +81,13 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
     from histoseg_cli.core.models import PatchClassifier, ProgressiveDropoutAttention, build_backbone
     from histoseg_cli.core.models.preprocess import InputNorm
     from histoseg_cli.core.training.data import Augment
-    from histoseg_cli.core.training.distributed import pick_device
+    from histoseg_cli.core.device import resolve_device
     from histoseg_cli.core.training.step import TrainStep, autocast_dtype
     from histoseg_cli.core.training.trainer import parameter_groups
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     cuda = device.type == "cuda"
     torch.manual_seed(0)
     kwargs = {"width": args.width} if args.backbone == "resnet38d" and args.width != 1 else {}

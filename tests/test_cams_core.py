@@ -8,10 +8,9 @@ import torch
 
 from histoseg_cli.core.cams.gradcam import final_layer_cams, gradcam
 from histoseg_cli.core.cams.naive import naive_gradcam
+from histoseg_cli.core.cams.background import BackgroundConfig, background_mask
 from histoseg_cli.core.cams.pseudo import (
     BACKGROUND_SCORE,
-    BackgroundConfig,
-    background_mask,
     label_masks,
     minmax_normalise,
     pseudo_masks,

@@ -81,3 +81,22 @@ def test_demo_data_then_tile_all_splits(cli, tmp_path):
     # demo masks use all four classes and the background index 4
     masks = val.file["masks"][:]
     assert masks.max() <= 4 and len(set(masks.ravel().tolist())) >= 3
+
+
+def test_help_lists_every_registered_backbone():
+    from histoseg_cli.commands.train_cls import BACKBONE_HELP
+    from histoseg_cli.core.models import BACKBONES
+
+    for name in BACKBONES:
+        assert name in BACKBONE_HELP.replace(",", " ").split()
+
+
+def test_cli_starts_without_torch():
+    """Help and the data commands (and tile's reading workers) must not pay for importing torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, histoseg_cli.app; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

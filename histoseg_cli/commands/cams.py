@@ -9,9 +9,8 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.core.cams.pseudo import BACKGROUND_RULES
-from histoseg_cli.core.cams.run import CamsConfig, run_cams
-from histoseg_cli.core.device import DEVICE_CHOICES, resolve_device
+from histoseg_cli.core.cams.background import BACKGROUND_RULES
+from histoseg_cli.core.device import DEVICE_CHOICES
 
 MASKS = "Pseudo masks"
 OUTPUTS = "Extra outputs"
@@ -66,6 +65,9 @@ def cams(
 
       histoseg cams runs/cls val.h5 -o val-pseudo.h5 --png-dir val-pngs --json
     """
+    from histoseg_cli.core.cams.run import CamsConfig, run_cams  # torch: only when running
+    from histoseg_cli.core.device import resolve_device
+
     config = CamsConfig(batch_size=batch_size, background=background,
                         threshold=white_threshold, min_size=min_size, save_cams=save_cams,
                         png_dir=png_dir, gallery=gallery, seed=seed, vectorize=vmap_classes)

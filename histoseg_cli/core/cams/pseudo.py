@@ -7,63 +7,14 @@ an optional background channel, argmax. Background pixels get label C (ignored b
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 #: Score of the background channel where the rule marks background: just above any
 #: normalised CAM (those are <= 1), so the rule wins there and nowhere else.
 BACKGROUND_SCORE = 1.0 + 1e-5
-
-#: ITU-R BT.601 luma, as PIL's "L" conversion and OpenCV's RGB2GRAY use.
-_LUMA = np.array([0.299, 0.587, 0.114])
-
-
-@dataclass(frozen=True)
-class BackgroundConfig:
-    """Which pixels are glass: ``rule`` is a key of ``BACKGROUND_RULES``."""
-
-    rule: str = "white"
-    threshold: float = 200.0  # grey value above which a pixel is white
-    min_size: int = 50  # white 4-connected components smaller than this stay tissue
-
-    def as_dict(self) -> dict[str, object]:
-        return {"rule": self.rule, "threshold": self.threshold, "min_size": self.min_size}
-
-
-def white_background(images: np.ndarray, config: BackgroundConfig) -> np.ndarray:
-    """(B, H, W) bool: grey > threshold, minus white 4-connected components < min_size px."""
-    white = images.astype(np.float32) @ _LUMA.astype(np.float32) > config.threshold
-    out = np.zeros_like(white)
-    for i, mask in enumerate(white):
-        components, count = ndimage.label(mask)  # default structure: 4-connectivity
-        if count == 0:
-            continue
-        sizes = np.bincount(components.ravel())
-        keep = sizes >= config.min_size
-        keep[0] = False
-        out[i] = keep[components]
-    return out
-
-
-def no_background(images: np.ndarray, config: BackgroundConfig) -> np.ndarray:
-    """No background rule (e.g. BCSS-WSSS, where white is fat tissue)."""
-    return np.zeros(images.shape[:3], dtype=bool)
-
-
-BACKGROUND_RULES: dict[str, Callable[[np.ndarray, BackgroundConfig], np.ndarray]] = {
-    "white": white_background,
-    "none": no_background,
-}
-
-
-def background_mask(images: np.ndarray, config: BackgroundConfig) -> np.ndarray:
-    """Apply the configured rule to (B, H, W, 3) uint8 patches."""
-    return BACKGROUND_RULES[config.rule](images, config)
 
 
 def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:

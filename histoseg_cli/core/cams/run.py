@@ -22,13 +22,8 @@ from histoseg_cli.core.cams.gallery import write_gallery
 from histoseg_cli.core.cams.gradcam import gradcam
 from histoseg_cli.core.cams.metrics import LayerMetrics
 from histoseg_cli.core.cams.model import CamModel, load_cam_model
-from histoseg_cli.core.cams.pseudo import (
-    BACKGROUND_RULES,
-    BackgroundConfig,
-    PseudoMasks,
-    background_mask,
-    pseudo_masks,
-)
+from histoseg_cli.core.cams.background import BACKGROUND_RULES, BackgroundConfig, background_mask
+from histoseg_cli.core.cams.pseudo import PseudoMasks, pseudo_masks
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.imageio import save_palette_png
 from histoseg_cli.core.progress import SILENT, Reporter

@@ -14,20 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from histoseg_cli.core.errors import UsageError
-
-
-def pick_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {spec}: CUDA is not available on this machine")
-        return torch.device(spec if ":" in spec else f"cuda:{local_rank}")
-    if spec != "cpu":
-        raise UsageError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
-    return torch.device("cpu")
+from histoseg_cli.core.device import resolve_device
 
 
 @dataclass
@@ -53,7 +40,7 @@ class DistContext:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        dev = pick_device(device, local)
+        dev = resolve_device(device, local)
         if world > 1 and not dist.is_initialized():
             if dev.type == "cuda":
                 torch.cuda.set_device(dev)

@@ -1,0 +1,60 @@
+"""Background rules for pseudo masks: which pixels of a patch are glass, not tissue.
+
+Per dataset (METHOD.md): LUAD-HistoSeg marks white pixels (grey > 200, minus white specks under
+50 px) as background; BCSS-WSSS has none (white there is fat). numpy/scipy only, so the CLI can
+list the rules without importing torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+#: ITU-R BT.601 luma, as PIL's "L" conversion and OpenCV's RGB2GRAY use.
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@dataclass(frozen=True)
+class BackgroundConfig:
+    """Which pixels are glass: ``rule`` is a key of ``BACKGROUND_RULES``."""
+
+    rule: str = "white"
+    threshold: float = 200.0  # grey value above which a pixel is white
+    min_size: int = 50  # white 4-connected components smaller than this stay tissue
+
+    def as_dict(self) -> dict[str, object]:
+        return {"rule": self.rule, "threshold": self.threshold, "min_size": self.min_size}
+
+
+def white_background(images: np.ndarray, config: BackgroundConfig) -> np.ndarray:
+    """(B, H, W) bool: grey > threshold, minus white 4-connected components < min_size px."""
+    white = images.astype(np.float32) @ _LUMA.astype(np.float32) > config.threshold
+    out = np.zeros_like(white)
+    for i, mask in enumerate(white):
+        components, count = ndimage.label(mask)  # default structure: 4-connectivity
+        if count == 0:
+            continue
+        sizes = np.bincount(components.ravel())
+        keep = sizes >= config.min_size
+        keep[0] = False
+        out[i] = keep[components]
+    return out
+
+
+def no_background(images: np.ndarray, config: BackgroundConfig) -> np.ndarray:
+    """No background rule (e.g. BCSS-WSSS, where white is fat tissue)."""
+    return np.zeros(images.shape[:3], dtype=bool)
+
+
+BACKGROUND_RULES: dict[str, Callable[[np.ndarray, BackgroundConfig], np.ndarray]] = {
+    "white": white_background,
+    "none": no_background,
+}
+
+
+def background_mask(images: np.ndarray, config: BackgroundConfig) -> np.ndarray:
+    """Apply the configured rule to (B, H, W, 3) uint8 patches."""
+    return BACKGROUND_RULES[config.rule](images, config)
