@@ -20,6 +20,7 @@ Prints images/s, ms per step and peak memory of both, and their ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -83,10 +84,11 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
     from histoseg_cli.core.training.data import Augment
     from histoseg_cli.core.device import resolve_device
     from histoseg_cli.core.training.step import TrainStep, autocast_dtype
-    from histoseg_cli.core.training.trainer import parameter_groups
+    from histoseg_cli.core.training.trainer import determinism, make_optimizer, parameter_groups
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    backend_flags = contextlib.ExitStack()  # held until the child process exits
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     torch.manual_seed(0)
@@ -99,7 +101,12 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
     channels_last = default and cuda
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     model.train()
-    optimizer = torch.optim.SGD(parameter_groups(model, 0.01, 10.0, 5e-4), lr=0.01, momentum=0.9)
+    if default:  # exactly what train-cls builds: fused SGD on CUDA, cuDNN autotuning
+        optimizer = make_optimizer(model, 0.01, 10.0, 5e-4, 0.9, device)
+        backend_flags.enter_context(determinism(False, device))
+    else:
+        optimizer = torch.optim.SGD(parameter_groups(model, 0.01, 10.0, 5e-4), lr=0.01,
+                                    momentum=0.9)
     total = args.warmup + args.steps
     scheduler = PolynomialLR(optimizer, total_iters=total + 1, power=0.9)
     b, s = args.batch_size, args.size

@@ -198,7 +198,8 @@ def test_resume_refuses_other_classes_and_existing_runs(imported: dict[str, Path
 
 def test_torchrun_two_processes_on_cpu(imported: dict[str, Path], tmp_path: Path) -> None:
     run = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "histoseg_cli", "train-cls", str(imported["train"]), "--val",
            str(imported["val"]), "-o", str(run), "--epochs", "2", *TINY]
