@@ -71,21 +71,25 @@ class JpegTiffLevel:
              background: tuple[int, ...]) -> np.ndarray:
         """RGB (height, width, 3) of the level from level pixel (x, y); areas outside the level
         or without a stored tile are ``background``."""
-        out = np.empty((height, width, 3), dtype=np.uint8)
-        out[...] = background
         x0, y0 = max(0, x), max(0, y)
         x1, y1 = min(self.width, x + width), min(self.height, y + height)
         tw, th = self.tile_width, self.tile_height
-        for ty in range(y0 // th, (y1 - 1) // th + 1) if y1 > y0 else ():
-            for tx in range(x0 // tw, (x1 - 1) // tw + 1) if x1 > x0 else ():
-                tile = self._tile(ty * self.tiles_across + tx)
-                if tile is None:
-                    continue
-                # intersection of the tile with the region, in level pixels
-                ax0, ay0 = max(x0, tx * tw), max(y0, ty * th)
-                ax1, ay1 = min(x1, (tx + 1) * tw), min(y1, (ty + 1) * th)
-                out[ay0 - y:ay1 - y, ax0 - x:ax1 - x] = \
-                    tile[ay0 - ty * th:ay1 - ty * th, ax0 - tx * tw:ax1 - tx * tw]
+        grid = [(tx, ty) for ty in range(y0 // th, (y1 - 1) // th + 1)
+                for tx in range(x0 // tw, (x1 - 1) // tw + 1)] if x1 > x0 and y1 > y0 else []
+        out = np.empty((height, width, 3), dtype=np.uint8)
+        inside = (x0, y0, x1, y1) == (x, y, x + width, y + height)
+        if not inside or not all(self.bytecounts[ty * self.tiles_across + tx]
+                                 for tx, ty in grid):
+            out[...] = background  # only where needed: filling a whole strip costs a copy
+        for tx, ty in grid:
+            tile = self._tile(ty * self.tiles_across + tx)
+            if tile is None:
+                continue
+            # intersection of the tile with the region, in level pixels
+            ax0, ay0 = max(x0, tx * tw), max(y0, ty * th)
+            ax1, ay1 = min(x1, (tx + 1) * tw), min(y1, (ty + 1) * th)
+            out[ay0 - y:ay1 - y, ax0 - x:ax1 - x] = \
+                tile[ay0 - ty * th:ay1 - ty * th, ax0 - tx * tw:ax1 - tx * tw]
         return out
 
 
