@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -90,6 +91,16 @@ class LevelSource(Protocol):
 
     def read_array(self, x0: int, y0: int, width: int, height: int) -> np.ndarray: ...
 
+    def reduction(self, scale: float) -> int:
+        """The integer factor (<= scale) by which the source can shrink while decoding."""
+        ...
+
+    def read_reduced(self, x0: int, y0: int, width: int, height: int,
+                     reduce: int) -> np.ndarray:
+        """The level shrunk by ``reduce`` (a :meth:`reduction`); (x0, y0) in level-0 pixels
+        of a multiple of ``reduce`` level pixels, size in shrunk pixels."""
+        ...
+
 
 class OpenSlideSource:
     """Any level of any format OpenSlide reads (premultiplied ARGB, flattened to RGB)."""
@@ -122,6 +133,13 @@ class OpenSlideSource:
             return np.asarray(self._flatten(rgba))
         return pixels[..., :3]
 
+    def reduction(self, scale: float) -> int:
+        return 1  # OpenSlide decodes whole pixels only
+
+    def read_reduced(self, x0: int, y0: int, width: int, height: int,
+                     reduce: int) -> np.ndarray:
+        return self.read_array(x0, y0, width, height)
+
 
 class JpegTiffSource:
     """A JPEG-tiled TIFF page decoded by Pillow (see :mod:`jpegtiff`): same pixels as
@@ -140,6 +158,15 @@ class JpegTiffSource:
 
     def read(self, x0: int, y0: int, width: int, height: int) -> Image.Image:
         return Image.fromarray(self.read_array(x0, y0, width, height))
+
+    def reduction(self, scale: float) -> int:
+        return self._level.reduction(scale)
+
+    def read_reduced(self, x0: int, y0: int, width: int, height: int,
+                     reduce: int) -> np.ndarray:
+        return self._level.read(round(x0 / self._downsample) // reduce,
+                                round(y0 / self._downsample) // reduce, width, height,
+                                self._background, reduce)
 
 
 #: OpenSlide vendor -> opener of the levels read without OpenSlide (None: none qualify).
@@ -207,6 +234,19 @@ class SlideReader:
     def read_array(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         """:meth:`read` as an (H, W, 3) uint8 array (without an intermediate RGB image)."""
         return self._guarded(self._levels[level].read_array, level, x0, y0, width, height)
+
+    def reduction(self, level: int, scale: float) -> int:
+        """By how much ``level`` can be shrunk while decoding (1, or 2/4/8 for JPEG tiles
+        read by Pillow), when the caller will downsample it by ``scale`` anyway."""
+        return self._levels[level].reduction(scale)
+
+    def read_reduced(self, level: int, x0: int, y0: int, width: int, height: int,
+                     reduce: int) -> np.ndarray:
+        """(H, W, 3) region of ``level`` shrunk by ``reduce`` (from :meth:`reduction`) at
+        level-0 point (x0, y0), which lies on a multiple of ``reduce`` level pixels; the
+        size is in shrunk pixels."""
+        return self._guarded(partial(self._levels[level].read_reduced, reduce=reduce), level,
+                             x0, y0, width, height)
 
     def pixel_source(self, level: int) -> str:
         """Which decoder reads ``level`` ("openslide" or "jpeg-tiff"), for the record."""
