@@ -168,6 +168,7 @@ def tile_slide(path: Path, output: Path, preview_path: Path, config: SlideConfig
                    "level_dimensions": [list(d) for d in reader.info.level_dimensions],
                    "source_mpp": res.source_mpp, "source_mpp_from": res.source_origin,
                    "target": config.target.describe(), "level": res.level,
+                   "pixel_source": reader.pixel_source(res.level),
                    "downsample": res.downsample, "stride": grid.stride,
                    "min_tissue": config.min_tissue, "tissue_fraction": mask.fraction,
                    "tissue_threshold": mask.threshold, "grid_tiles": n_grid},

@@ -120,20 +120,28 @@ def plan_strips(tiles: np.ndarray, grid: Grid, *, path: Path, level: int,
 
 
 def read_strip(reader: SlideReader, strip: Strip) -> np.ndarray:
-    """The strip's patches (K, P, P, 3) uint8, in the strip's tile order."""
+    """The strip's patches (K, P, P, 3) uint8, in the strip's tile order.
+
+    When the level must shrink by 2 or more and its decoder can shrink while decoding (JPEG
+    tiles read by Pillow: 1/2, 1/4, 1/8 in the DCT domain, a box filter), it does, and
+    Lanczos resamples the rest; otherwise Lanczos does it all.
+    """
     x0, y0, x1, y1 = strip.box
     s = strip.scale
+    r = reader.reduction(strip.level, s) if s >= 2 else 1
     lx0, ly0, lx1, ly1 = x0 * s, y0 * s, x1 * s, y1 * s
-    ix0, iy0 = math.floor(lx0), math.floor(ly0)
-    ix1, iy1 = math.ceil(lx1 - 1e-6), math.ceil(ly1 - 1e-6)
+    ix0, iy0 = math.floor(lx0 / r) * r, math.floor(ly0 / r) * r
+    ix1, iy1 = math.ceil(lx1 / r - 1e-6) * r, math.ceil(ly1 / r - 1e-6) * r
     ds = strip.level_downsample
     x, y, w, h = round(ix0 * ds), round(iy0 * ds), ix1 - ix0, iy1 - iy0
     if s == 1.0:  # the level as is: straight to an array, no resampling
         pixels = reader.read_array(strip.level, x, y, w, h)
     else:
-        box = (lx0 - ix0, ly0 - iy0, lx1 - ix0, ly1 - iy0)
-        pixels = np.asarray(reader.read(strip.level, x, y, w, h).resize(
-            (x1 - x0, y1 - y0), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0))
+        region = (Image.fromarray(reader.read_reduced(strip.level, x, y, w // r, h // r, r))
+                  if r > 1 else reader.read(strip.level, x, y, w, h))
+        box = ((lx0 - ix0) / r, (ly0 - iy0) / r, (lx1 - ix0) / r, (ly1 - iy0) / r)
+        pixels = np.asarray(region.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS,
+                                          box=box, reducing_gap=3.0))
     p = strip.patch_size
     offsets = strip.tiles - np.array([x0, y0])
     return np.stack([pixels[y:y + p, x:x + p] for x, y in offsets])
