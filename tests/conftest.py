@@ -25,6 +25,16 @@ def shared_data() -> Path:
     return SHARED_DATA.resolve()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP spin-waits
+    make two threads many times slower than one."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 class Cli:
     """Runs ``histoseg ARGS`` in-process; result has .exit_code, .stdout, .stderr."""
 

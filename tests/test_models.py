@@ -32,14 +32,8 @@ from histoseg_cli.core.models.pretrained import load_pretrained
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP spin-waits
-    make two threads many times slower than one."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = {"width": 0.0625}
 
 

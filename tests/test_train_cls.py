@@ -22,14 +22,8 @@ from histoseg_cli.core.training import run_dir as run_dir_module
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP spin-waits
-    make two threads many times slower than one."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = ["--backbone", "resnet38d", "--width", "0.0625", "--batch-size", "8", "--workers", "0",
         "--device", "cpu", "--pda-warmup", "1", "--pda-sigma", "0.9", "-q"]
 
