@@ -50,14 +50,16 @@ def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: np.ndarray) -> np.
 
 
 def texture(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """An (size, size, 3) float RGB texture for class ``kind`` (LUAD order) or background."""
+    """An (size, size, 3) float RGB texture for class ``kind`` (LUAD order) or background.
+
+    Tissue stays below grey 200 so the white-background rule of ``cams`` keeps it."""
     noise = ndimage.gaussian_filter(rng.normal(size=(size, size)), 1.0)
     if kind == 0:  # TE: crowded large purple nuclei on purplish cytoplasm
         img = _mix((215, 150, 200), (85, 40, 130), _blobs(rng, size, 6.0, 2.6))
     elif kind == 1:  # NEC: pale pink with scattered small debris
-        img = _mix((235, 195, 215), (150, 90, 150), _blobs(rng, size, 3.0, 0.8) * 0.7)
+        img = _mix((218, 168, 196), (150, 90, 150), _blobs(rng, size, 3.0, 0.8) * 0.7)
     elif kind == 2:  # LYM: packed small dark round nuclei
-        img = _mix((225, 180, 215), (45, 25, 105), _blobs(rng, size, 25.0, 1.2))
+        img = _mix((212, 165, 205), (45, 25, 105), _blobs(rng, size, 25.0, 1.2))
     elif kind == 3:  # TAS: oriented pink fibres, few elongated nuclei
         theta = rng.uniform(0, np.pi)
         yy, xx = np.mgrid[0:size, 0:size]
