@@ -20,6 +20,7 @@ from histoseg_cli.core.datasets import DatasetSpec, Split
 from histoseg_cli.core.errors import InputError
 from histoseg_cli.core.imageio import list_images, read_mask, read_rgb
 from histoseg_cli.core.labels import parse_label, strip_label
+from histoseg_cli.core.parallel import ordered_map
 from histoseg_cli.core.progress import SILENT, Reporter
 
 log = logging.getLogger("histoseg")
@@ -152,7 +153,7 @@ def tile_masked_images(
     patterns: set[bytes] = set()
     with ArtifactWriter(output, meta, labels=True, masks=True, coords=True) as writer, \
             ThreadPoolExecutor(max(1, config.workers)) as pool:
-        loaded = pool.map(lambda pair: _load_pair(*pair), pairs)
+        loaded = ordered_map(pool, lambda pair: _load_pair(*pair), pairs, 2 * config.workers)
         for (img_path, _), (image, mask) in reporter.track(
                 zip(pairs, loaded), total=len(pairs), description="tiling", unit="images"):
             cut = list(cut_patches(image, mask, c, p, stride))
@@ -208,7 +209,7 @@ def tile_labelled_patches(
     batch = 64
     with ArtifactWriter(output, meta, labels=True) as writer, \
             ThreadPoolExecutor(max(1, workers)) as pool:
-        patches = pool.map(lambda p: _read_patch(p, size), images)
+        patches = ordered_map(pool, lambda p: _read_patch(p, size), images, 4 * workers)
         chunk: list[np.ndarray] = []
         for i, patch in enumerate(reporter.track(patches, total=len(images),
                                                  description="importing", unit="patches")):

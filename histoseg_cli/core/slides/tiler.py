@@ -10,11 +10,11 @@ storage (so only compressed bytes travel back), and come back in grid order.
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from histoseg_cli.core.parallel import ordered_map
 from histoseg_cli.core.slides.reader import SlideReader
 
 #: Level pixels read at once for one strip (about 4 bytes each while decoding).
@@ -201,21 +202,8 @@ class StripReader:
             for strip in strips:
                 yield strip, _load(reader, strip, encode)
             return
-        pool = self._executor()
-        pending: deque[tuple[Strip, Future[Any]]] = deque()
-        todo = iter(strips)
-        try:
-            for strip in todo:
-                pending.append((strip, pool.submit(_WorkerSlides.load, strip, encode)))
-                if len(pending) >= 2 * self.workers:
-                    done, future = pending.popleft()
-                    yield done, future.result()
-            while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
-        finally:
-            for _, future in pending:
-                future.cancel()
+        load = functools.partial(_WorkerSlides.load, encode=encode)
+        yield from zip(strips, ordered_map(self._executor(), load, strips, 2 * self.workers))
 
     def start(self) -> None:
         """Start the worker processes now, in the background: they import while the caller

@@ -1,0 +1,30 @@
+"""Bounded, ordered parallel map: the read-ahead every import and tiling loop needs."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int
+                ) -> Iterator[R]:
+    """``fn`` over ``items`` in ``pool``, results in input order, at most ``ahead`` in flight.
+
+    Unlike ``Executor.map``, which submits everything at once, memory stays bounded when the
+    consumer (e.g. a compressing writer) is slower than the workers."""
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= max(1, ahead):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
