@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from histoseg_cli.app import app
-from histoseg_cli.core.artifact import ArtifactMeta, ArtifactWriter
+from histoseg_cli.core.artifact import Artifact, ArtifactMeta, ArtifactWriter
 from histoseg_cli.core.demo import DemoConfig, write_demo_dataset
 from histoseg_cli.core.models import load_classifier
 from histoseg_cli.core.training import run_dir as run_dir_module
@@ -188,6 +188,26 @@ def test_resume_refuses_other_classes_and_existing_runs(imported: dict[str, Path
     assert exists.exit_code == 2 and "--resume" in exists.stderr
     nothing = invoke(str(imported["train"]), "-o", str(tmp_path / "new"), "--resume", *TINY)
     assert nothing.exit_code == 1 and "nothing to resume" in nothing.stderr
+    # --overwrite with a bad input fails before anything of the old run is deleted
+    before = sorted(p.name for p in imported["run"].iterdir())
+    bad = invoke(str(tmp_path / "missing.h5"), "-o", str(imported["run"]), "--overwrite", *TINY)
+    assert bad.exit_code == 1 and "missing.h5" in bad.stderr
+    assert sorted(p.name for p in imported["run"].iterdir()) == before
+
+
+def test_imported_data_is_reused_only_for_the_same_folder(tmp_path: Path) -> None:
+    from histoseg_cli.core.training.data import prepare_sources
+
+    for name, seed in (("a", 1), ("b", 2)):
+        write_demo_dataset(tmp_path / name, DemoConfig(patch_size=32, train=6 + seed, val=2,
+                                                      test=2, seed=seed))
+    run = tmp_path / "run"
+    first = prepare_sources(str(tmp_path / "a"), None, "luad", run, workers=1)
+    assert len(Artifact(first.train)) == 7
+    again = prepare_sources(str(tmp_path / "a"), None, "luad", run, workers=1)
+    assert again.train.stat().st_mtime_ns == first.train.stat().st_mtime_ns  # reused
+    other = prepare_sources(str(tmp_path / "b"), None, "luad", run, workers=1)
+    assert len(Artifact(other.train)) == 8  # another folder: imported again
 
 
 def test_torchrun_two_processes_on_cpu(imported: dict[str, Path], tmp_path: Path) -> None:

@@ -25,9 +25,6 @@ from histoseg_cli.core.tiling import TileConfig, labels_from_masks, tile_split
 
 log = logging.getLogger("histoseg")
 
-ARTIFACT_SUFFIXES = (".h5", ".hdf5")
-
-
 @dataclass(frozen=True)
 class DataSources:
     """Artifacts to train (and validate) on, after any import."""
@@ -41,9 +38,14 @@ def _import_split(split: Split, spec: DatasetSpec, out: Path, workers: int,
                   reporter: Reporter) -> Path:
     if out.is_file():
         try:
-            Artifact(out).close()
-            log.info("reusing imported %s", out)
-            return out
+            with Artifact(out) as done:
+                meta = done.meta
+            origin = split.images if split.is_labelled else split.images.parent
+            if (Path(meta.source).resolve() == origin.resolve()
+                    and meta.extra.get("dataset") == spec.name):
+                log.info("reusing imported %s", out)
+                return out
+            log.info("re-importing %s (it came from %s)", out, meta.source)
         except InputError:
             log.info("re-importing %s (incomplete or invalid)", out)
     tile_split(split, out, spec, TileConfig(patch_size=None, workers=workers), reporter)

@@ -161,8 +161,6 @@ class _Trainer:
             if not cfg.overwrite:
                 raise UsageError(f"{run.root} already holds a run ({run.checkpoint.name}); "
                                  "pass --resume to continue it or --overwrite to start again")
-            for path in (run.checkpoint, run.best, run.metrics, run.curve):
-                path.unlink(missing_ok=True)
         sources = prepare_sources(cfg.data, cfg.val, cfg.dataset, run.root, cfg.workers,
                                   self.reporter)
         with Artifact(sources.train) as train:
@@ -186,6 +184,9 @@ class _Trainer:
         if cfg.batch_size % self.ctx.world_size:
             raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the "
                              f"{self.ctx.world_size} processes")
+        if cfg.overwrite and not cfg.resume:  # only now that the new inputs are known good
+            for path in (run.checkpoint, run.best, run.metrics, run.curve):
+                path.unlink(missing_ok=True)
         run.root.mkdir(parents=True, exist_ok=True)
         run.write_config({**cfg.as_dict(), "train_artifact": str(sources.train),
                           "val_artifact": str(sources.val) if sources.val else None,
