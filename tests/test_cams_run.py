@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -105,8 +106,10 @@ def test_resume_after_interruption_matches_one_run(tmp_path, monkeypatch):
         generate_pseudo_masks(cam_model(), data, out, config)
     assert not out.exists() and (tmp_path / ".resumed.h5.partial").exists()
     monkeypatch.setattr(cams_run, "compute_batch", real)
-    resumed = generate_pseudo_masks(cam_model(), data, out, config)
+    png_dir = tmp_path / "png"  # asked for only on the rerun: kept rows get their PNGs too
+    resumed = generate_pseudo_masks(cam_model(), data, out, replace(config, png_dir=png_dir))
     assert resumed.resumed_at == 6
+    assert sorted(p.stem for p in (png_dir / "b4_5").iterdir()) == [f"p{i:03d}" for i in range(11)]
     with h5py.File(tmp_path / "whole.h5") as a, h5py.File(out) as b:
         assert np.array_equal(a["pseudo_masks"][:], b["pseudo_masks"][:])
         assert np.array_equal(a["cams"][:], b["cams"][:])

@@ -160,10 +160,13 @@ def _generate(model: CamModel, source: Artifact, output: Path, config: CamsConfi
     started = time.perf_counter()
     with ArtifactWriter(output, meta, extra_datasets=specs, resumable=True) as writer:
         start = writer.rows_done
-        if metrics is not None:  # rows kept from an interrupted run count too
-            for s in range(0, start, 256):
-                e = min(s + 256, start)
-                metrics.update(writer.committed("pseudo_masks", s, e), truth[s:e])
+        for s in range(0, start, 256):  # rows kept from an interrupted run count too
+            e = min(s + 256, start)
+            kept = writer.committed("pseudo_masks", s, e)
+            if metrics is not None:
+                metrics.update(kept, truth[s:e])
+            if config.png_dir is not None:
+                _write_pngs(config.png_dir, layers, names[s:e], kept, palette)
         with reporter.bar("cams", unit="patches") as bar:
             task = bar.add_task("cams", total=n, completed=start)
             for s in range(start, n, config.batch_size):
