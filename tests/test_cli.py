@@ -100,3 +100,26 @@ def test_cli_starts_without_torch():
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_patch_options_do_not_apply_to_labelled_training_patches(cli, tmp_path):
+    write_demo_dataset(tmp_path / "d", DemoConfig(patch_size=32, train=4, val=2, test=2))
+    res = cli("tile", tmp_path / "d", "--dataset", "luad", "--patch-size", "16", "-o",
+              tmp_path / "out")
+    assert res.exit_code == 2 and "--patch-size applies to images with masks" in res.stderr
+    # a single val split with masks may be cut, into a file inside an existing folder
+    (tmp_path / "out").mkdir()
+    res = cli("tile", tmp_path / "d" / "val", "--dataset", "luad", "--patch-size", "16",
+              "--stride", "16", "-o", tmp_path / "out", "-q")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == str(tmp_path / "out" / "val.h5")
+    assert Artifact(tmp_path / "out" / "val.h5").meta.patch_size == 16
+
+
+def test_output_that_is_a_folder_fails_before_any_work(cli, tmp_path):
+    write_demo_dataset(tmp_path / "d", DemoConfig(patch_size=32, train=2, val=2, test=2))
+    (tmp_path / "o").mkdir()
+    res = cli("tile", tmp_path / "d" / "val" / "img", "--masks", tmp_path / "d" / "val" / "mask",
+              "--classes", "a,b,c,d", "-o", tmp_path / "o")
+    assert res.exit_code == 1 and "is a folder; expected the artifact's file name" in res.stderr
+    assert list((tmp_path / "o").iterdir()) == []

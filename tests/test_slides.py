@@ -170,8 +170,8 @@ def test_plain_image_and_no_tissue(tmp_path: Path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--dataset", "luad", "--mpp", "1"], "--mpp apply to slides"),
-    (["--classes", "a,b"], "--classes apply to --dataset/--masks"),
+    (["--dataset", "luad", "--mpp", "1"], "--mpp applies to slides"),
+    (["--classes", "a,b"], "--classes applies to --dataset/--masks"),
     (["--mpp", "1", "--magnification", "20"], "one of --mpp or --magnification"),
     (["-o", "x.h5"], "output folder"),
 ])

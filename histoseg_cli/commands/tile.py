@@ -54,7 +54,8 @@ def tile(
         "--overwrite", help="Redo slides whose output is complete (default: skip them).",
         rich_help_panel=SLIDES)] = False,
     dataset: Annotated[str | None, typer.Option(
-        "--dataset", help=f"Patch-dataset layout: {', '.join(DATASETS)}.",
+        "--dataset", help="Patch-dataset layout: "
+        + "; ".join(f"{name} ({spec.description})" for name, spec in DATASETS.items()) + ".",
         rich_help_panel=DATASET)] = None,
     masks: Annotated[Path | None, typer.Option(
         "--masks", help="Folder of masks (same names as the images): cut patches and derive "
@@ -104,7 +105,7 @@ def tile(
     patch_options = {"--classes": classes, "--min-fraction": min_fraction,
                      "--keep-empty": keep_empty or None}
     if dataset is None and masks is None:
-        _reject(patch_options, "apply to --dataset/--masks, not to slides")
+        _reject(patch_options, "to --dataset/--masks, not to slides")
         if output.suffix.lower() in (".h5", ".hdf5"):
             raise UsageError(f"-o {output}: slides need an output folder (one .h5 per slide)")
         config = SlideConfig(
@@ -124,7 +125,7 @@ def tile(
             raise HistosegError(f"{len(summary.failed)} of {len(summary.outcomes)} slides "
                                 f"failed; see {summary.manifest}")
         return
-    _reject(slide_options, "apply to slides, not to --dataset/--masks")
+    _reject(slide_options, "to slides, not to --dataset/--masks")
     config = TileConfig(patch_size=patch_size if patch_size or dataset else 224, stride=stride,
                         min_fraction=0.05 if min_fraction is None else min_fraction,
                         keep_empty=keep_empty, workers=workers or 4)
@@ -142,8 +143,14 @@ def tile(
     assert dataset is not None
     spec = get_dataset(dataset)
     splits = find_splits(input, spec)
+    if any(split.is_labelled for split in splits):
+        _reject({"--patch-size": patch_size, "--stride": stride,
+                 "--min-fraction": min_fraction, "--keep-empty": keep_empty or None},
+                f"to images with masks, not to {spec.name} training patches (stored "
+                "as they are); tile the val/test folders on their own to cut them")
     if len(splits) == 1:
-        summaries = [tile_split(splits[0], output, spec, config, out.reporter)]
+        target = output / f"{splits[0].name}.h5" if output.is_dir() else output
+        summaries = [tile_split(splits[0], target, spec, config, out.reporter)]
     else:
         if output.suffix in (".h5", ".hdf5"):
             raise UsageError(f"{input} holds {len(splits)} splits; pass a folder as -o")
@@ -156,4 +163,4 @@ def tile(
 def _reject(options: dict[str, object], why: str) -> None:
     given = [name for name, value in options.items() if value is not None]
     if given:
-        raise UsageError(f"{', '.join(given)} {why}")
+        raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} {why}")

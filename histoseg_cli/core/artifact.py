@@ -159,6 +159,8 @@ class ArtifactWriter:
         resumable: bool = False,
     ) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise InputError(self.path, "is a folder; expected the artifact's file name (.h5)")
         self.meta = meta
         self.resumable = resumable
         if meta.kind not in KINDS:

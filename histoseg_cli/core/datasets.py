@@ -27,7 +27,6 @@ class DatasetSpec:
     train_dirs: tuple[str, ...] = ("train", "training")
     mask_splits: tuple[str, ...] = ("val", "test")
     background: str = "white"  # CAM background rule: "white" (grey > 200) or "none"
-    patch_size: int = 224
 
     def palette_array(self) -> np.ndarray:
         return np.array(self.palette, dtype=np.uint8)
