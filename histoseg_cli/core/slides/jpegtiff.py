@@ -12,6 +12,7 @@ layouts with overlaps or offsets) stays with OpenSlide, decided per level when a
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ VENDORS = ("generic-tiff", "aperio")
 #: TIFF photometric interpretation -> colour space of the JPEG data (Aperio writes RGB JPEG).
 JPEG_COLOURS = {2: "RGB", 6: "YCbCr"}
 JPEG = 7  # TIFF compression tag value of (new-style) JPEG
+
+log = logging.getLogger("histoseg")
 
 
 class TileDecodeError(OSError):
@@ -125,7 +128,8 @@ class JpegTiffPyramid:
                         pages.setdefault((page.imagewidth, page.imagelength), page)
                 specs = {i: spec for i, size in enumerate(level_dimensions)
                          if size in pages and (spec := _level_spec(pages[size])) is not None}
-        except (tifffile.TiffFileError, OSError, ValueError, KeyError):
+        except Exception as err:  # noqa: BLE001 - any parse failure: OpenSlide reads it instead
+            log.debug("%s: JPEG fast path off (%s: %s)", path, type(err).__name__, err)
             return None
         if not specs:
             return None

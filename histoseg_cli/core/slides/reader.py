@@ -181,6 +181,14 @@ class SlideReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._slide = self._open()
+        try:
+            self._describe()
+        except BaseException:
+            self._slide.close()
+            raise
+
+    def _describe(self) -> None:
+        """Resolution, levels and pixel sources of the open slide."""
         props = dict(self._slide.properties)
         mpp_x = _float_property(props, openslide.PROPERTY_NAME_MPP_X)
         mpp_y = _float_property(props, openslide.PROPERTY_NAME_MPP_Y)
