@@ -13,64 +13,16 @@ normalised maps on the patches both computed, and peak memory.
 from __future__ import annotations
 
 import argparse
-import importlib
 import resource
-import sys
 import time
 
 import torch
-from torch import nn
 
 from histoseg_cli.core.cams.gradcam import gradcam
 from histoseg_cli.core.cams.naive import naive_gradcam
 from histoseg_cli.core.cams.pseudo import pseudo_masks
 from histoseg_cli.core.device import resolve_device
-from histoseg_cli.core.models.base import BACKBONES, Backbone, PatchClassifier, build_backbone
-
-STANDIN = "standin-resnet50-os8"
-
-
-class ResNet50OS8(Backbone):
-    """Stand-in while resnet38d is not available: torchvision ResNet-50 at output stride 8.
-
-    layer2 / layer3 / layer4 give 512 / 1024 / 2048 channels at 1/8 resolution, the same
-    arrangement as ResNet-38's b4_5 / b5_2 / bn7 (512 / 1024 / 4096 channels, 28x28 at 224 px)
-    but with fewer FLOPs in the last stage.
-    """
-
-    cam_layers = ("layer2", "layer3", "layer4")
-    layer_channels = (512, 1024, 2048)
-
-    def __init__(self) -> None:
-        super().__init__()
-        from torchvision.models import resnet50
-
-        net = resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
-        self.entry = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
-        self.layer2, self.layer3, self.layer4 = net.layer2, net.layer3, net.layer4
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        a = self.layer2(self.entry(x))
-        b = self.layer3(a)
-        return {"layer2": a, "layer3": b, "layer4": self.layer4(b)}
-
-
-def make_backbone(name: str) -> tuple[Backbone, str]:
-    """The registered backbone ``name`` (importing train-cls's modules), else the stand-in."""
-    if name == STANDIN:
-        return ResNet50OS8(), STANDIN
-    for module in ("histoseg_cli.core.models.checkpoint", "histoseg_cli.core.models.resnet38d",
-                   "histoseg_cli.core.models.backbones"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            continue
-    if name in BACKBONES:
-        return build_backbone(name), name
-    print(f"NOTE: backbone '{name}' is not available in this checkout (train-cls not merged?); "
-          f"measuring the stand-in '{STANDIN}' instead.", file=sys.stderr)
-    return ResNet50OS8(), STANDIN
-
+from histoseg_cli.core.models import BACKBONES, PatchClassifier, build_backbone
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -94,7 +46,7 @@ def peak_memory_mb(device: torch.device) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet38d",
-                        help=f"registered backbone, or '{STANDIN}'")
+                        choices=sorted(BACKBONES), help="registered backbone")
     parser.add_argument("--size", type=int, default=224, help="patch side in pixels")
     parser.add_argument("--batch", type=int, default=8, help="batch size of ours")
     parser.add_argument("--patches", type=int, default=16, help="patches timed for ours")
@@ -109,10 +61,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    backbone, used = make_backbone(args.backbone)
+    backbone = build_backbone(args.backbone)
     model = PatchClassifier(backbone, args.classes).to(device).eval()
     x = torch.rand(max(args.patches, args.naive_patches), 3, args.size, args.size, device=device)
-    print(f"backbone {used}, {args.size} px, {args.classes} classes, device {device}, "
+    print(f"backbone {args.backbone}, {args.size} px, {args.classes} classes, device {device}, "
           f"{torch.get_num_threads()} threads, batch {args.batch}")
 
     naive_x = x[:args.naive_patches]

@@ -58,9 +58,6 @@ class ConfusionMatrix:
         p = np.minimum(pred[keep].astype(np.int64), c)
         self.matrix += np.bincount(t * (c + 1) + p, minlength=c * (c + 1)).reshape(c, c + 1)
 
-    def merge(self, other: ConfusionMatrix) -> None:
-        self.matrix += other.matrix
-
     def scores(self) -> SegScores:
         """IoU_k = TP / (TP + FP + FN); mIoU NaN-safe; FwIoU weighted by true pixel counts."""
         m = self.matrix.astype(np.float64)

@@ -8,19 +8,14 @@ the format and the normalisation record); everything else here works on any
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from histoseg_cli.core.models.base import PatchClassifier
-
-
-def scale01(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) uint8 -> float in [0, 1]: ResNet-38's input (the paper's), used by tests."""
-    return images.float() / 255.0
+from histoseg_cli.core.models.preprocess import InputNorm, to_input
 
 
 @dataclass
@@ -29,8 +24,8 @@ class CamModel:
 
     model: PatchClassifier
     class_names: list[str]
-    #: (B, 3, H, W) uint8 on the model's device -> the float input the classifier was trained on
-    normalise: Callable[[torch.Tensor], torch.Tensor] = scale01
+    #: the input normalisation the classifier was trained with (default: ResNet-38's [0, 1])
+    normalise: InputNorm = field(default_factory=InputNorm)
     source: str = ""  # checkpoint or run directory it came from
     background: str | None = None  # the background rule recorded at training, if any
 
@@ -47,8 +42,8 @@ class CamModel:
 
     def inputs(self, patches: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 patches -> normalised (B, 3, H, W) float on the model's device."""
-        x = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device)
-        return self.normalise(x.permute(0, 3, 1, 2))
+        return to_input(torch.from_numpy(np.ascontiguousarray(patches)), self.device,
+                        self.normalise)
 
     def fingerprint(self) -> str:
         """SHA-256 of every parameter and buffer: identifies the weights for resuming."""

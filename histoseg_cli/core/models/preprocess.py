@@ -7,6 +7,7 @@ ImageNet encoders see the usual mean/std normalisation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,8 +56,14 @@ class InputNorm:
         return x
 
 
-def to_input(patches: torch.Tensor, norm: InputNorm, channels_last: bool = False) -> torch.Tensor:
-    """(B, H, W, 3) uint8 patches -> normalised float (B, 3, H, W) on the patches' device."""
-    x = norm(patches.permute(0, 3, 1, 2))
-    return x.contiguous(memory_format=torch.channels_last if channels_last else
-                        torch.contiguous_format)
+def to_input(patches: torch.Tensor, device: torch.device, norm: InputNorm,
+             channels_last: bool = False,
+             augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """uint8 (B, H, W, 3) patches -> normalised float (B, 3, H, W) on ``device``: the uint8
+    copy (4x fewer bytes than float) is the only transfer, augmentation runs on the device.
+    Training, Grad-CAM and inference all feed the network through here."""
+    x = patches.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    if augment is not None:
+        x = augment(x)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    return norm(x).contiguous(memory_format=memory)

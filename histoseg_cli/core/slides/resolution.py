@@ -51,10 +51,6 @@ class Resolution:
         return self.downsample / self.level_downsample
 
     @property
-    def resamples(self) -> bool:
-        return self.scale != 1.0
-
-    @property
     def mpp(self) -> float:
         return self.source_mpp * self.downsample
 

@@ -24,7 +24,6 @@ class RunDir:
         self.metrics = self.root / "metrics.jsonl"
         self.curve = self.root / "curve.png"
         self.config = self.root / "config.json"
-        self.data = self.root / "data"
 
     def has_run(self) -> bool:
         return self.checkpoint.is_file()

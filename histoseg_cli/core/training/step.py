@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histoseg_cli.core.models.preprocess import InputNorm
+from histoseg_cli.core.models.preprocess import InputNorm, to_input
 from histoseg_cli.core.training.data import Augment
 
 
@@ -18,17 +18,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         use = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if use else None
     return torch.bfloat16 if precision == "bf16" else None
-
-
-def device_inputs(patches: torch.Tensor, device: torch.device, norm: InputNorm,
-                  channels_last: bool = True, augment: Augment | None = None) -> torch.Tensor:
-    """uint8 (B, H, W, 3) host batch -> normalised float (B, 3, H, W) on ``device``, with the
-    uint8 copy (4x fewer bytes) the only transfer and augmentation done on the device."""
-    x = patches.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    if augment is not None:
-        x = augment(x)
-    memory = torch.channels_last if channels_last else torch.contiguous_format
-    return norm(x).contiguous(memory_format=memory)
 
 
 @dataclass
@@ -47,7 +36,7 @@ class TrainStep:
     channels_last: bool = True
 
     def __call__(self, patches: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        x = device_inputs(patches, self.device, self.norm, self.channels_last, self.augment)
+        x = to_input(patches, self.device, self.norm, self.channels_last, self.augment)
         y = targets.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                             enabled=self.dtype is not None):

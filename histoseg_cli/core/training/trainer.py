@@ -32,7 +32,7 @@ from histoseg_cli.core.models import build_backbone
 from histoseg_cli.core.models.base import PatchClassifier
 from histoseg_cli.core.models.checkpoint import ClassifierInfo, read_checkpoint, save_classifier
 from histoseg_cli.core.models.pda import ProgressiveDropoutAttention
-from histoseg_cli.core.models.preprocess import InputNorm
+from histoseg_cli.core.models.preprocess import InputNorm, to_input
 from histoseg_cli.core.models.pretrained import load_pretrained
 from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.training.config import TrainConfig
@@ -48,7 +48,7 @@ from histoseg_cli.core.training.data import (
 from histoseg_cli.core.training.distributed import DistContext
 from histoseg_cli.core.training.metrics import multilabel_metrics
 from histoseg_cli.core.training.run_dir import RunDir
-from histoseg_cli.core.training.step import TrainStep, autocast_dtype, device_inputs
+from histoseg_cli.core.training.step import TrainStep, autocast_dtype
 
 log = logging.getLogger("histoseg")
 
@@ -357,7 +357,7 @@ class _Trainer:
         model.eval()
         logits, targets = [], []
         for patches, y in loader:
-            x = device_inputs(patches, self.device, step.norm, step.channels_last)
+            x = to_input(patches, self.device, step.norm, step.channels_last)
             with torch.autocast(self.device.type, dtype=step.dtype or torch.float32,
                                 enabled=step.dtype is not None):
                 logits.append(model(x).float())
