@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from histoseg_cli.core.cams.background import BACKGROUND_RULES, BackgroundConfig
 from histoseg_cli.core.cams.pseudo import PseudoMasks, pseudo_masks
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.imageio import save_palette_png
+from histoseg_cli.core.parallel import ordered_map
 from histoseg_cli.core.progress import SILENT, Reporter
 
 KIND = "pseudo-masks"
@@ -74,11 +76,12 @@ class CamsSummary:
 
 
 def compute_batch(model: CamModel, patches: np.ndarray, labels: np.ndarray,
-                  background: BackgroundConfig, vectorize: bool = False) -> PseudoMasks:
-    """CAMs and pseudo masks of one batch of (B, H, W, 3) uint8 patches with (B, C) labels."""
+                  background: np.ndarray, vectorize: bool = False) -> PseudoMasks:
+    """CAMs and pseudo masks of one batch of (B, H, W, 3) uint8 patches with (B, C) labels
+    and (B, H, W) bool background (from :func:`background_mask`)."""
     device = model.device
     _, maps = gradcam(model.model, model.inputs(patches), vectorize=vectorize)
-    bg = torch.from_numpy(background_mask(patches, background)).to(device)
+    bg = torch.from_numpy(background).to(device)
     return pseudo_masks(maps, torch.from_numpy(np.asarray(labels)).to(device), bg,
                         patches.shape[1])
 
@@ -167,12 +170,17 @@ def _generate(model: CamModel, source: Artifact, output: Path, config: CamsConfi
                 metrics.update(kept, truth[s:e])
             if config.png_dir is not None:
                 _write_pngs(config.png_dir, layers, names[s:e], kept, palette)
-        with reporter.bar("cams", unit="patches") as bar:
+        def read(bounds: tuple[int, int]) -> tuple[int, int, np.ndarray, np.ndarray]:
+            """Decode a batch and find its background: CPU work, overlapped with Grad-CAM."""
+            s, e = bounds
+            batch = patches[s:e]
+            return s, e, batch, background_mask(batch, background)
+
+        batches = [(s, min(s + config.batch_size, n)) for s in range(start, n, config.batch_size)]
+        with reporter.bar("cams", unit="patches") as bar, ThreadPoolExecutor(1) as pool:
             task = bar.add_task("cams", total=n, completed=start)
-            for s in range(start, n, config.batch_size):
-                e = min(s + config.batch_size, n)
-                result = compute_batch(model, patches[s:e], labels[s:e], background,
-                                       config.vectorize)
+            for s, e, batch, bg in ordered_map(pool, read, batches, ahead=2):
+                result = compute_batch(model, batch, labels[s:e], bg, config.vectorize)
                 masks = result.masks.cpu().numpy()
                 rows = {"pseudo_masks": masks}
                 if config.save_cams:
@@ -211,7 +219,8 @@ def _gallery(model: CamModel, source: Artifact, output: Path, config: CamsConfig
     rng = np.random.default_rng(config.seed)
     index = np.sort(rng.choice(n, size=min(config.gallery, n), replace=False))
     images = source.dataset("patches")[index]
-    result = compute_batch(model, images, labels[index], background, config.vectorize)
+    result = compute_batch(model, images, labels[index], background_mask(images, background),
+                           config.vectorize)
     names = source.names()
     return write_gallery(
         gallery_path(output), images, result.cams.cpu().numpy(), result.masks.cpu().numpy(),
