@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from histoseg_cli.core.atomic import atomic_path
+from histoseg_cli.core.atomic import write_text_atomic
 from histoseg_cli.core.datasets import get_dataset
-from histoseg_cli.core.imageio import save_palette_png
+from histoseg_cli.core.imageio import save_palette_png, save_png
 from histoseg_cli.core.progress import SILENT, Reporter
 
 SPEC = get_dataset("luad")
@@ -102,11 +101,6 @@ def _random_classes(rng: np.random.Generator, with_background: bool) -> list[int
     return classes
 
 
-def _save_png(path: Path, image: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-
-
 def write_demo_dataset(root: Path, config: DemoConfig = DemoConfig(),
                        reporter: Reporter = SILENT) -> dict[str, int]:
     """Write train/ (labels in names), val/ and test/ (img/ + palette mask/) under ``root``."""
@@ -118,7 +112,7 @@ def write_demo_dataset(root: Path, config: DemoConfig = DemoConfig(),
         classes = _random_classes(rng, with_background=False)
         image, _ = make_patch(classes, s, rng)
         flags = " ".join("1" if k in classes else "0" for k in range(C))
-        _save_png(root / "train" / f"demo{i:05d}-{i * s}-0-[{flags}].png", image)
+        save_png(root / "train" / f"demo{i:05d}-{i * s}-0-[{flags}].png", image)
     palette = SPEC.palette_array()
     for split, count in (("val", config.val), ("test", config.test)):
         (root / split / "img").mkdir(parents=True, exist_ok=True)
@@ -126,13 +120,12 @@ def write_demo_dataset(root: Path, config: DemoConfig = DemoConfig(),
         for i in reporter.track(range(count), total=count, description=split, unit="patches"):
             image, mask = make_patch(_random_classes(rng, with_background=True), s, rng)
             name = f"demo{split}{i:05d}-{i * s}-0.png"
-            _save_png(root / split / "img" / name, image)
-            with atomic_path(root / split / "mask" / name) as tmp:
-                save_palette_png(tmp, mask, palette)
+            save_png(root / split / "img" / name, image)
+            save_palette_png(root / split / "mask" / name, mask, palette)
     readme = (
         "SYNTHETIC demo data written by `histoseg demo-data` (LUAD-HistoSeg layout).\n"
         "Textures imitate TE, NEC, LYM, TAS; masks: 0 TE, 1 NEC, 2 LYM, 3 TAS, 4 background.\n"
         "Not real tissue: results on it say nothing about real performance.\n"
     )
-    (root / "README.txt").write_text(readme)
+    write_text_atomic(root / "README.txt", readme)
     return {"train": config.train, "val": config.val, "test": config.test}

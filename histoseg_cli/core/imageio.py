@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from histoseg_cli.core.atomic import write_bytes_atomic
 from histoseg_cli.core.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -46,10 +48,18 @@ def read_mask(path: Path) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-def save_palette_png(path: Path, mask: np.ndarray, palette: np.ndarray) -> None:
-    """Write class indices as a palette PNG (colours from ``palette`` rows)."""
+def save_png(path: Path, image: np.ndarray | Image.Image) -> Path:
+    """Write an RGB (H, W, 3) uint8 array or a PIL image as PNG, atomically."""
+    im = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buffer = io.BytesIO()
+    im.save(buffer, format="PNG")
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def save_palette_png(path: Path, mask: np.ndarray, palette: np.ndarray) -> Path:
+    """Write class indices as a palette PNG (colours from ``palette`` rows), atomically."""
     im = Image.fromarray(mask.astype(np.uint8), mode="P")
     flat = np.zeros((256, 3), dtype=np.uint8)
     flat[: len(palette)] = palette
     im.putpalette(flat.flatten().tolist())
-    im.save(path, format="PNG")
+    return save_png(path, im)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from histoseg_cli.core.atomic import atomic_path  # noqa: E402
+from histoseg_cli.core.figures import new_figure, save_figure
 
 
 def cam_overlay(image: np.ndarray, cams: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -29,7 +25,8 @@ def write_gallery(path: Path, images: np.ndarray, cams: np.ndarray, masks: np.nd
     """Rows of patches; ``cams`` (N, L, C, H, W) in [0, 1], ``masks`` (N, L, H, W)."""
     n, num_layers = masks.shape[:2]
     cols = 1 + 2 * num_layers + (truth is not None)
-    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 2.0 * n + 0.6), squeeze=False)
+    fig = new_figure(1.9 * cols, 2.0 * n + 0.6)
+    axes = fig.subplots(n, cols, squeeze=False)
     titles = (["image"] + [f"CAM {l}" for l in layers] + [f"mask {l}" for l in layers]
               + (["truth"] if truth is not None else []))
     for row in range(n):
@@ -52,7 +49,4 @@ def write_gallery(path: Path, images: np.ndarray, cams: np.ndarray, masks: np.nd
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7,
                frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

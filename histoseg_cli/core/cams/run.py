@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from histoseg_cli.core.artifact import Artifact, ArtifactMeta, ArtifactWriter, InputLink, ItemSpec
-from histoseg_cli.core.atomic import atomic_path
 from histoseg_cli.core.cams.gallery import write_gallery
 from histoseg_cli.core.cams.gradcam import gradcam
 from histoseg_cli.core.cams.metrics import LayerMetrics
@@ -124,8 +123,7 @@ def _write_pngs(png_dir: Path, layers: list[str], names: list[str], masks: np.nd
         folder = png_dir / layer
         folder.mkdir(parents=True, exist_ok=True)
         for name, mask in zip(names, masks[:, j]):
-            with atomic_path(folder / f"{name.replace('/', '_')}.png") as tmp:
-                save_palette_png(tmp, mask, palette)
+            save_palette_png(folder / f"{name.replace('/', '_')}.png", mask, palette)
 
 
 def generate_pseudo_masks(model: CamModel, input_path: Path, output: Path,

@@ -17,7 +17,8 @@ import numpy as np
 
 from histoseg_cli.core.artifact import ENCODABLE, ArtifactMeta, ArtifactWriter, encode_patches
 from histoseg_cli.core.errors import InputError, UsageError
-from histoseg_cli.core.slides.preview import render_preview, save_preview
+from histoseg_cli.core.imageio import save_png
+from histoseg_cli.core.slides.preview import render_preview
 from histoseg_cli.core.slides.reader import SlideReader
 from histoseg_cli.core.slides.resolution import Resolution, Target, choose_resolution
 from histoseg_cli.core.slides.tiler import Grid, StripReader, plan_strips
@@ -194,6 +195,6 @@ def tile_slide(path: Path, output: Path, preview_path: Path, config: SlideConfig
                     progress(done, len(tiles))
             stream_seconds = time.perf_counter() - streaming
             writer.set_attrs("coords", **_coords_attrs(stem, config, res, reader, grid))
-            save_preview(preview_path, preview)
+            save_png(preview_path, preview)
     return SlideResult(path, output, preview_path, len(tiles), n_grid, res, mask.fraction,
                        time.perf_counter() - start, stream_seconds)

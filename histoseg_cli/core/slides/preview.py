@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from histoseg_cli.core.atomic import write_bytes_atomic
 from histoseg_cli.core.slides.tissue import TissueMask
 
 GLASS_TINT = np.array([40, 40, 60], dtype=np.float32)  # what is not tissue is darkened
@@ -34,10 +31,3 @@ def render_preview(thumbnail: np.ndarray, mask: TissueMask, tiles: np.ndarray,
         draw.rectangle([x / sx, y / sy, (x + tile_size) / sx - 1, (y + tile_size) / sy - 1],
                        outline=TILE_COLOUR)
     return preview
-
-
-def save_preview(path: Path, preview: Image.Image) -> Path:
-    """Write the preview PNG atomically."""
-    buffer = io.BytesIO()
-    preview.save(buffer, format="PNG", optimize=False)
-    return write_bytes_atomic(path, buffer.getvalue())

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from histoseg_cli.core.atomic import atomic_path, write_text_atomic
+from histoseg_cli.core.atomic import write_text_atomic
 from histoseg_cli.core.models.checkpoint import BEST, LAST
 
 
@@ -43,13 +43,11 @@ class RunDir:
 
     def write_curve(self, rows: list[dict[str, Any]]) -> None:
         """Loss (train/val), validation F1/AUC and the mu and LR schedules per epoch."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot as plt
+        from histoseg_cli.core.figures import new_figure, save_figure  # matplotlib: only here
 
         epochs = [r["epoch"] for r in rows]
-        fig, (ax_loss, ax_val, ax_sched) = plt.subplots(1, 3, figsize=(13, 3.6))
+        fig = new_figure(13, 3.6)
+        ax_loss, ax_val, ax_sched = fig.subplots(1, 3)
         ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
         vals = [r.get("val") for r in rows]
         if any(vals):
@@ -69,6 +67,4 @@ class RunDir:
         ax_sched.set(title="schedules (at epoch start)", xlabel="epoch", ylabel="mu")
         ax_lr.set_ylabel("backbone lr")
         fig.tight_layout()
-        with atomic_path(self.curve) as tmp:
-            fig.savefig(tmp, format="png", dpi=90)
-        plt.close(fig)
+        save_figure(fig, self.curve, dpi=90)
