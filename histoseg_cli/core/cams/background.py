@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+
+from histoseg_cli.core.morphology import drop_small_components
 
 #: ITU-R BT.601 luma, as PIL's "L" conversion and OpenCV's RGB2GRAY use.
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -32,16 +33,7 @@ class BackgroundConfig:
 def white_background(images: np.ndarray, config: BackgroundConfig) -> np.ndarray:
     """(B, H, W) bool: grey > threshold, minus white 4-connected components < min_size px."""
     white = images.astype(np.float32) @ _LUMA.astype(np.float32) > config.threshold
-    out = np.zeros_like(white)
-    for i, mask in enumerate(white):
-        components, count = ndimage.label(mask)  # default structure: 4-connectivity
-        if count == 0:
-            continue
-        sizes = np.bincount(components.ravel())
-        keep = sizes >= config.min_size
-        keep[0] = False
-        out[i] = keep[components]
-    return out
+    return np.stack([drop_small_components(mask, config.min_size) for mask in white])
 
 
 def no_background(images: np.ndarray, config: BackgroundConfig) -> np.ndarray:

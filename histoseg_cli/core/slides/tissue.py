@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from histoseg_cli.core.morphology import drop_small_components
+
 
 @dataclass(frozen=True)
 class TissueConfig:
@@ -100,26 +102,21 @@ def detect_tissue(rgb: np.ndarray, config: TissueConfig = TissueConfig()) -> Tis
     pen = (hue >= lo) & (hue <= hi) & (sat > config.pen_saturation) | black
     side = max(rgb.shape[:2])
     radius = max(1, round(config.smoothing * side))
-    pen = _drop_small(_erode(_dilate(pen, radius), radius), config.min_pen_fraction)
+    pen = drop_small_fraction(_erode(_dilate(pen, radius), radius), config.min_pen_fraction)
     pen = _dilate(pen, radius)
     tissue = (sat > threshold) & ~glass & ~pen
     tissue = _erode(_dilate(tissue, radius), radius)
     holes = ndimage.binary_fill_holes(tissue) & ~tissue
-    tissue |= holes & ~_drop_small(holes, config.max_hole_fraction) & ~pen
+    tissue |= holes & ~drop_small_fraction(holes, config.max_hole_fraction) & ~pen
     opening = max(1.0, radius / 2)
     tissue = _dilate(_erode(tissue, opening), opening) & tissue
-    tissue = _drop_small(tissue, config.min_object_fraction)
+    tissue = drop_small_fraction(tissue, config.min_object_fraction)
     return TissueMask(tissue=tissue, pen=pen, threshold=threshold)
 
 
-def _drop_small(mask: np.ndarray, min_fraction: float) -> np.ndarray:
+def drop_small_fraction(mask: np.ndarray, min_fraction: float) -> np.ndarray:
     """``mask`` without connected components smaller than ``min_fraction`` of its area."""
-    labels, count = ndimage.label(mask)
-    if not count:
-        return mask
-    keep = np.bincount(labels.ravel()) >= min_fraction * mask.size
-    keep[0] = False
-    return keep[labels]
+    return drop_small_components(mask, min_fraction * mask.size)
 
 
 def tile_fractions(mask: np.ndarray, scale: tuple[float, float], xs: np.ndarray, ys: np.ndarray,
