@@ -364,7 +364,11 @@ class Artifact:
         self.path = Path(path)
         self._handle: h5py.File | None = None
         self._pid = -1
-        f = self._validate()
+        try:
+            f = self._validate()
+        except InputError:
+            self.close()
+            raise
         self.meta = ArtifactMeta(
             class_names=[_as_str(s) for s in f.attrs["class_names"]],
             patch_size=int(f.attrs["patch_size"]),

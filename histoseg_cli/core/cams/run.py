@@ -234,6 +234,6 @@ def run_cams(classifier: Path, input_path: Path, output: Path, config: CamsConfi
     if not classifier.exists():
         raise InputError(classifier, "no such file or folder (expected a train-cls run "
                          "directory or checkpoint)")
-    Artifact(input_path)  # fail on bad input before loading a large model
+    Artifact(input_path).close()  # fail on bad input before loading a large model
     model = load_cam_model(classifier, device)
     return generate_pseudo_masks(model, input_path, output, config, reporter)
