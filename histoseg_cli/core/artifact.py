@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from isal import isal_zlib
 
 from histoseg_cli import __version__
 from histoseg_cli.core.errors import InputError
@@ -117,21 +117,16 @@ ENCODABLE = (None, "gzip")
 def encode_patches(patches: np.ndarray, compression: str | None) -> list[bytes]:
     """Each patch of ``patches`` (B, H, W, 3) uint8 as the stored bytes of its chunk.
 
-    ``gzip`` chunks are zlib streams, the format of HDF5's deflate filter, made with Huffman
-    coding only: on stain-noisy patches it is about 3x faster than level 1 for a few percent
-    less saving, and any deflate reader decodes it. ``None``: the raw bytes.
+    ``gzip`` chunks are zlib streams, the format of HDF5's deflate filter, made by ISA-L
+    (``isal``) at level 1: about 4x faster than zlib's fastest mode (Huffman only) for the same
+    saving on stain-noisy patches, and any deflate reader decodes them. ``None``: raw bytes.
     """
     if compression not in ENCODABLE:
         raise ValueError(f"cannot pre-encode {compression} chunks (encodable: {ENCODABLE})")
-    chunks = []
-    for patch in patches:
-        raw = memoryview(np.ascontiguousarray(patch, dtype=np.uint8)).cast("B")
-        if compression is None:
-            chunks.append(bytes(raw))
-        else:
-            z = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_HUFFMAN_ONLY)
-            chunks.append(z.compress(raw) + z.flush())
-    return chunks
+    raw = (memoryview(np.ascontiguousarray(patch, dtype=np.uint8)).cast("B") for patch in patches)
+    if compression is None:
+        return [bytes(r) for r in raw]
+    return [isal_zlib.compress(r, 1) for r in raw]
 
 
 def _partial_path(target: Path) -> Path:
@@ -240,8 +235,18 @@ class ArtifactWriter:
         _write_meta(f, self.meta)
 
     def append(self, patches: np.ndarray, names: list[str], **rows: np.ndarray) -> None:
-        """Append a batch: ``patches`` (B,H,W,3) uint8, ``names`` and every declared dataset."""
-        self.append_rows(names, patches=patches, **rows)
+        """Append a batch: ``patches`` (B,H,W,3) uint8, ``names`` and every declared dataset.
+
+        gzip and raw patches are encoded by :func:`encode_patches` and stored by direct chunk
+        write (ISA-L's deflate is several times faster than the HDF5 filter's zlib)."""
+        patches = np.asarray(patches)
+        if self.compression not in ENCODABLE:
+            self.append_rows(names, patches=patches, **rows)
+            return
+        expected = (len(names), *self._specs["patches"].shape)
+        if patches.shape != expected:
+            raise ValueError(f"patches: expected shape {expected}, got {patches.shape}")
+        self.append_encoded(encode_patches(patches, self.compression), names, **rows)
 
     def append_rows(self, names: list[str], **rows: np.ndarray) -> None:
         """Append a batch of ``names`` and one array per declared dataset (any kind)."""
