@@ -206,12 +206,14 @@ def _generate(model: CamModel, source: Artifact, output: Path, config: CamsConfi
         metrics=None if metrics is None else metrics.as_dict(),
     )
     if config.gallery > 0:
-        summary.gallery = _gallery(model, source, output, config, background, labels, layers)
+        summary.gallery = _gallery(model, source, output, config, background, labels, names,
+                                   layers)
     return summary
 
 
 def _gallery(model: CamModel, source: Artifact, output: Path, config: CamsConfig,
-             background: BackgroundConfig, labels: np.ndarray, layers: list[str]) -> Path:
+             background: BackgroundConfig, labels: np.ndarray, names: list[str],
+             layers: list[str]) -> Path:
     """Recompute a few random patches (cheap, and independent of how the run was resumed)."""
     n = len(source)
     rng = np.random.default_rng(config.seed)
@@ -219,7 +221,6 @@ def _gallery(model: CamModel, source: Artifact, output: Path, config: CamsConfig
     images = source.dataset("patches")[index]
     result = compute_batch(model, images, labels[index], background_mask(images, background),
                            config.vectorize)
-    names = source.names()
     return write_gallery(
         gallery_path(output), images, result.cams.cpu().numpy(), result.masks.cpu().numpy(),
         [names[i] for i in index], labels[index], layers, model.class_names,

@@ -32,6 +32,7 @@ class DataSources:
     train: Path
     val: Path | None
     background: str | None  # CAM background rule of the dataset, when known
+    class_names: tuple[str, ...] = ()  # of the training artifact, once it has been validated
 
 
 def _import_split(split: Split, spec: DatasetSpec, out: Path, workers: int,

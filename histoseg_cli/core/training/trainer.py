@@ -187,6 +187,7 @@ class _Trainer:
         if cfg.overwrite and not cfg.resume:  # only now that the new inputs are known good
             for path in (run.checkpoint, run.best, run.metrics, run.curve):
                 path.unlink(missing_ok=True)
+        sources = replace(sources, class_names=tuple(names))
         run.root.mkdir(parents=True, exist_ok=True)
         run.write_config({**cfg.as_dict(), "train_artifact": str(sources.train),
                           "val_artifact": str(sources.val) if sources.val else None,
@@ -216,14 +217,12 @@ class _Trainer:
     @staticmethod
     def _build(cfg: TrainConfig, sources: DataSources) -> PatchClassifier:
         torch.manual_seed(cfg.seed)
-        with Artifact(sources.train) as train:
-            num_classes = train.num_classes
         try:
             backbone = build_backbone(cfg.backbone, **cfg.backbone_kwargs)
         except (ValueError, TypeError) as err:
             raise UsageError(f"--backbone {cfg.backbone}: {err}") from None
         pda = ProgressiveDropoutAttention() if cfg.pda else None
-        return PatchClassifier(backbone, num_classes, pda=pda, dropout=cfg.dropout)
+        return PatchClassifier(backbone, len(sources.class_names), pda=pda, dropout=cfg.dropout)
 
     # ----------------------------------------------------------------- training
     def run(self) -> TrainResult:
