@@ -11,7 +11,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from histoseg_cli.app import app
-from histoseg_cli.core.artifact import ArtifactMeta, ArtifactWriter
+from histoseg_cli.core.data.format import ArtifactMeta
+from histoseg_cli.core.data.writer import ArtifactWriter
 from histoseg_cli.core.models.base import Backbone, PatchClassifier
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

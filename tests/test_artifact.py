@@ -4,14 +4,11 @@ import h5py
 import numpy as np
 import pytest
 
-from histoseg_cli.core.artifact import (
-    SCHEMA_VERSION,
-    Artifact,
-    ArtifactMeta,
-    ArtifactWriter,
-    ItemSpec,
-    encode_patches,
-)
+from histoseg_cli.core.data.format import SCHEMA_VERSION, ArtifactMeta
+
+from histoseg_cli.core.data.reader import Artifact
+
+from histoseg_cli.core.data.writer import ArtifactWriter, ItemSpec, encode_patches
 from histoseg_cli.core.errors import InputError
 
 META = ArtifactMeta(class_names=["a", "b", "c"], patch_size=8, mpp=1.0, magnification=10.0,

@@ -7,14 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import write_patches
-from histoseg_cli.core.artifact import (
-    Artifact,
-    ArtifactMeta,
-    ArtifactWriter,
-    InputLink,
-    ItemSpec,
-    names_digest,
-)
+from histoseg_cli.core.data.format import ArtifactMeta, InputLink, names_digest
+from histoseg_cli.core.data.reader import Artifact
+from histoseg_cli.core.data.writer import ArtifactWriter, ItemSpec
 from histoseg_cli.core.errors import InputError
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_classifier
-from histoseg_cli.core.artifact import open_linked
+from histoseg_cli.core.data.linked import open_linked
 from histoseg_cli.core.cams.model import CamModel
 from histoseg_cli.core.cams.run import CamsConfig, generate_pseudo_masks
-from histoseg_cli.core.metrics import ConfusionMatrix
-from histoseg_cli.core.tiling import TileConfig, tile_masked_images
+from histoseg_cli.core.metrics.confusion import ConfusionMatrix
+from histoseg_cli.core.ingest.patches import TileConfig, tile_masked_images
 
 GLAS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "glas" / "train"
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from conftest import make_tiny_classifier, write_patches
 from histoseg_cli.app import app
-from histoseg_cli.core.artifact import Artifact, open_linked
+from histoseg_cli.core.data.linked import open_linked
+from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.cams import run as cams_run
 from histoseg_cli.core.cams.model import CamModel
 from histoseg_cli.core.cams.run import CamsConfig, generate_pseudo_masks

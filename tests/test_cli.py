@@ -4,8 +4,8 @@ import pytest
 
 from histoseg_cli import __version__
 from histoseg_cli.app import app
-from histoseg_cli.core.artifact import Artifact
-from histoseg_cli.core.demo import DemoConfig, write_demo_dataset
+from histoseg_cli.core.data.reader import Artifact
+from histoseg_cli.core.data.demo import DemoConfig, write_demo_dataset
 
 COMMANDS = sorted(c.name for c in app.registered_commands)
 

@@ -1,7 +1,7 @@
 import numpy as np
 
 from histoseg_cli.core.cams.background import BackgroundConfig, background_mask
-from histoseg_cli.core.demo import BACKGROUND, C, make_patch
+from histoseg_cli.core.data.demo import BACKGROUND, C, make_patch
 
 
 def test_demo_tissue_survives_the_white_background_rule():

@@ -12,7 +12,7 @@ import torch
 
 from histoseg_cli.core.cams.gradcam import gradcam
 from histoseg_cli.core.cams.naive import naive_gradcam
-from histoseg_cli.core.demo import DemoConfig, write_demo_dataset
+from histoseg_cli.core.data.demo import DemoConfig, write_demo_dataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

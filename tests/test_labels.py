@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from histoseg_cli.core.errors import InputError
-from histoseg_cli.core.labels import parse_label, strip_label
+from histoseg_cli.core.data.labels import parse_label, strip_label
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from histoseg_cli.core.cams.metrics import LayerMetrics
-from histoseg_cli.core.metrics import ConfusionMatrix
+from histoseg_cli.core.metrics.confusion import ConfusionMatrix
 
 
 def test_confusion_matrix_scores_by_hand():

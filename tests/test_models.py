@@ -19,7 +19,7 @@ from histoseg_cli.core.models import (
     PatchClassifier,
     build_backbone,
     load_classifier,
-    save_classifier,
+    save_checkpoint,
 )
 from histoseg_cli.core.models.mxnet_params import (
     LIST_MAGIC,
@@ -205,7 +205,7 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     info = ClassifierInfo(backbone="resnet38d", class_names=["a", "b", "c"],
                           backbone_kwargs=TINY, cam_layers=["b4_5", "b5_2", "bn7"],
                           patch_size=32, background="white", pda={"mu": 0.9}, epoch=2)
-    path = save_classifier(tmp_path / "run" / "checkpoint.pt", model, info)
+    path = save_checkpoint(tmp_path / "run" / "checkpoint.pt", model, info)
     assert not list(path.parent.glob(".*"))  # no temporary left behind
     loaded = load_classifier(tmp_path / "run")
     assert not loaded.model.training

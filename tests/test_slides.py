@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from benchmarks.slidegen import DATA, build_pyramid_tiff, mosaic, real_tissue_images
 from histoseg_cli.app import app
-from histoseg_cli.core.artifact import Artifact
+from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.slides.reader import SlideInfo
 from histoseg_cli.core.slides.resolution import Target, choose_resolution
 from histoseg_cli.core.slides.tissue import detect_tissue

@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from histoseg_cli.core.artifact import Artifact
+from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import InputError
+from histoseg_cli.core.data.labels import labels_from_masks
 from histoseg_cli.core.imageio import read_mask, save_palette_png
-from histoseg_cli.core.tiling import (
+from histoseg_cli.core.ingest.patches import (
     TileConfig,
     grid_positions,
-    labels_from_masks,
     tile_masked_images,
 )
 

@@ -14,8 +14,10 @@ import torch
 from typer.testing import CliRunner
 
 from histoseg_cli.app import app
-from histoseg_cli.core.artifact import Artifact, ArtifactMeta, ArtifactWriter
-from histoseg_cli.core.demo import DemoConfig, write_demo_dataset
+from histoseg_cli.core.data.format import ArtifactMeta
+from histoseg_cli.core.data.reader import Artifact
+from histoseg_cli.core.data.writer import ArtifactWriter
+from histoseg_cli.core.data.demo import DemoConfig, write_demo_dataset
 from histoseg_cli.core.models import load_classifier
 from histoseg_cli.core.training import run_dir as run_dir_module
 
@@ -196,17 +198,17 @@ def test_resume_refuses_other_classes_and_existing_runs(imported: dict[str, Path
 
 
 def test_imported_data_is_reused_only_for_the_same_folder(tmp_path: Path) -> None:
-    from histoseg_cli.core.training.data import prepare_sources
+    from histoseg_cli.core.ingest.sources import resolve_sources
 
     for name, seed in (("a", 1), ("b", 2)):
         write_demo_dataset(tmp_path / name, DemoConfig(patch_size=32, train=6 + seed, val=2,
                                                       test=2, seed=seed))
     run = tmp_path / "run"
-    first = prepare_sources(str(tmp_path / "a"), None, "luad", run, workers=1)
+    first = resolve_sources(str(tmp_path / "a"), None, "luad", run, workers=1)
     assert len(Artifact(first.train)) == 7
-    again = prepare_sources(str(tmp_path / "a"), None, "luad", run, workers=1)
+    again = resolve_sources(str(tmp_path / "a"), None, "luad", run, workers=1)
     assert again.train.stat().st_mtime_ns == first.train.stat().st_mtime_ns  # reused
-    other = prepare_sources(str(tmp_path / "b"), None, "luad", run, workers=1)
+    other = resolve_sources(str(tmp_path / "b"), None, "luad", run, workers=1)
     assert len(Artifact(other.train)) == 8  # another folder: imported again
 
 

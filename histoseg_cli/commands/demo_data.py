@@ -9,7 +9,7 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.core.demo import DemoConfig, write_demo_dataset
+from histoseg_cli.core.data.demo import DemoConfig, write_demo_dataset
 
 
 @command(app, "demo-data", panel="Data")

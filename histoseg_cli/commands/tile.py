@@ -10,12 +10,12 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.core.datasets import DATASETS, find_splits, get_dataset
+from histoseg_cli.core.data.datasets import DATASETS, find_splits, get_dataset
 from histoseg_cli.core.errors import HistosegError, UsageError
 from histoseg_cli.core.slides.batch import tile_slides
 from histoseg_cli.core.slides.extract import SlideConfig
 from histoseg_cli.core.slides.resolution import Target
-from histoseg_cli.core.tiling import TileConfig, tile_masked_images, tile_split
+from histoseg_cli.core.ingest.patches import TileConfig, tile_masked_images, tile_split
 
 PATCH = "Patches"
 DATASET = "Patch datasets"

@@ -9,8 +9,7 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.core.datasets import DATASETS
-from histoseg_cli.core.errors import UsageError
+from histoseg_cli.core.data.datasets import DATASETS
 
 #: Shown in --help without importing torch; tests check it lists every registered backbone.
 BACKBONE_HELP = ("resnet38d (the paper's ResNet-38), resnet18, resnet34, resnet50, resnet101, "
@@ -22,8 +21,10 @@ DATA, MODEL, OPTIM, PDA, HARDWARE, OUTPUT = ("Data", "Model", "Optimisation", "P
 
 @command(app, "train-cls", panel="Training")
 def train_cls(
-    data: Annotated[Path, typer.Argument(help="Training artifact (.h5 with labels) or dataset "
-                                         "folder (with --dataset).", show_default=False)],
+    data: Annotated[Path, typer.Argument(help="Training artifact (.h5 with labels), folder of "
+                                         "artifacts (train.h5, val.h5) or dataset folder "
+                                         "(layout detected, or --dataset).",
+                                         show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory to write.",
                                          show_default=False, rich_help_panel=OUTPUT)],
     val: Annotated[Path | None, typer.Option(
@@ -31,7 +32,8 @@ def train_cls(
         "and exact match each epoch \\[default: the dataset's val/ split when DATA is a dataset "
         "root].", show_default=False, rich_help_panel=DATA)] = None,
     dataset: Annotated[str | None, typer.Option(
-        "--dataset", help=f"Layout of a dataset folder: {', '.join(DATASETS)}.",
+        "--dataset", help=f"Layout of a dataset folder: {', '.join(DATASETS)} \\[default: detected "
+        "from the label style of the file names].",
         rich_help_panel=DATA)] = None,
     flips: Annotated[bool, typer.Option("--flips/--no-flips", help="Random horizontal and "
                                         "vertical flips.", rich_help_panel=DATA)] = True,
@@ -112,34 +114,26 @@ def train_cls(
 
     [b]Examples[/b]
 
-      histoseg train-cls LUAD-HistoSeg --dataset luad -o runs/cls --pretrained a1.params
+      histoseg train-cls LUAD-HistoSeg -o runs/cls --pretrained a1.params
 
       histoseg train-cls train.h5 --val val.h5 -o runs/r18 --backbone resnet18 --pretrained imagenet
 
       torchrun --nproc_per_node=4 -m histoseg_cli train-cls train.h5 -o runs/cls
     """
-    from histoseg_cli.core.models import BACKBONES, MuSchedule  # torch: only when running
-    from histoseg_cli.core.training import TrainConfig, train_classifier
+    from histoseg_cli.core.ingest.sources import resolve_sources  # torch: only when running
+    from histoseg_cli.core.models import MuSchedule
+    from histoseg_cli.core.training import ClassifierConfig, ClassifierTask, train
 
-    if resume and overwrite:
-        raise UsageError("--resume and --overwrite exclude each other")
-    if width != 1.0 and backbone != "resnet38d":
-        raise UsageError("--width applies to --backbone resnet38d only")
-    if backbone not in BACKBONES:
-        raise UsageError(f"--backbone {backbone}: choose one of {', '.join(sorted(BACKBONES))}")
-    try:
-        config = TrainConfig(
-            data=str(data), run_dir=str(output), val=str(val) if val else None, dataset=dataset,
-            backbone=backbone, backbone_kwargs={"width": width} if width != 1.0 else {},
-            pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
-            head_lr_mult=head_lr_mult, weight_decay=weight_decay, momentum=momentum,
-            poly_power=poly_power, dropout=dropout, pda=pda,
-            mu=MuSchedule(pda_sigma, pda_floor, pda_warmup, pda_decay_in_warmup),
-            flips=flips, color_jitter=color_jitter, precision=precision,
-            channels_last=channels_last, compile=compile_, workers=workers, device=device,
-            seed=seed, deterministic=deterministic, resume=resume, overwrite=overwrite)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    result = train_classifier(config, out.reporter)
+    config = ClassifierConfig(
+        data=str(data), run_dir=str(output), val=str(val) if val else None, dataset=dataset,
+        backbone=backbone, backbone_kwargs={"width": width} if width != 1.0 else {},
+        pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
+        head_lr_mult=head_lr_mult, weight_decay=weight_decay, momentum=momentum,
+        poly_power=poly_power, dropout=dropout, pda=pda,
+        mu=MuSchedule(pda_sigma, pda_floor, pda_warmup, pda_decay_in_warmup),
+        flips=flips, color_jitter=color_jitter, precision=precision,
+        channels_last=channels_last, compile=compile_, workers=workers, device=device,
+        seed=seed, deterministic=deterministic, resume=resume, overwrite=overwrite)
+    result = train(ClassifierTask(config), resolve_sources, out.reporter)
     if result.is_main:
         out.result(result.as_dict(), paths=[str(result.checkpoint)])

@@ -25,6 +25,11 @@ class InputError(HistosegError):
 
 
 class UsageError(HistosegError):
-    """Options that do not fit together; exit code 2 like other usage errors."""
+    """A bad option value or options that do not fit together; exit code 2 like other usage
+    errors. ``option`` names the flag (``--epochs``) so the message starts with it."""
 
     exit_code = 2
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        self.option = option
+        super().__init__(f"{option}: {message}" if option else message)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from rich.table import Table
 
-from histoseg_cli.core.metrics import ConfusionMatrix, SegScores
+from histoseg_cli.core.metrics.confusion import ConfusionMatrix, SegScores
 
 
 class LayerMetrics:

@@ -1,8 +1,9 @@
 """The classifier as stage 2 needs it: network, class names, and its input normalisation.
 
-``load_cam_model`` reads a train-cls checkpoint through ``core.models.checkpoint`` (which owns
-the format and the normalisation record); everything else here works on any
-``PatchClassifier``, so the Grad-CAM core is tested with tiny models.
+``load_cam_model`` reads a classifier checkpoint through ``core.models`` (which owns the format
+and the normalisation record); inputs are made by the shared inference engine (always fp32:
+Grad-CAM differentiates them). Everything else works on any ``PatchClassifier``, so the
+Grad-CAM core is tested with tiny models.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from histoseg_cli.core.inference.engine import InferenceEngine
 from histoseg_cli.core.models.base import PatchClassifier
-from histoseg_cli.core.models.preprocess import InputNorm, to_input
+from histoseg_cli.core.models.preprocess import InputNorm
 
 
 @dataclass
@@ -31,6 +33,7 @@ class CamModel:
 
     def __post_init__(self) -> None:
         self.model.eval()
+        self.engine = InferenceEngine(self.model, self.normalise, self.device)
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -42,8 +45,7 @@ class CamModel:
 
     def inputs(self, patches: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 patches -> normalised (B, 3, H, W) float on the model's device."""
-        return to_input(torch.from_numpy(np.ascontiguousarray(patches)), self.device,
-                        self.normalise)
+        return self.engine.inputs(patches)
 
     def fingerprint(self) -> str:
         """SHA-256 of every parameter and buffer: identifies the weights for resuming."""
@@ -55,8 +57,8 @@ class CamModel:
 
 
 def load_cam_model(path: str | Path, device: torch.device) -> CamModel:
-    """Load a train-cls checkpoint (file or run directory) for Grad-CAM on ``device``."""
-    from histoseg_cli.core.models.checkpoint import load_classifier  # train-cls owns the format
+    """Load a classifier checkpoint (file or run directory) for Grad-CAM on ``device``."""
+    from histoseg_cli.core.models.classifier import load_classifier
 
     loaded = load_classifier(path, device=device)
     return CamModel(

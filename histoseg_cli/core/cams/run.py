@@ -17,7 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from histoseg_cli.core.artifact import Artifact, ArtifactMeta, ArtifactWriter, InputLink, ItemSpec
+from histoseg_cli.core.data.format import ArtifactMeta, InputLink
+
+from histoseg_cli.core.data.reader import Artifact
+
+from histoseg_cli.core.data.writer import ArtifactWriter, ItemSpec
 from histoseg_cli.core.cams.gallery import write_gallery
 from histoseg_cli.core.cams.gradcam import gradcam
 from histoseg_cli.core.cams.metrics import LayerMetrics

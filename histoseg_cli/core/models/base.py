@@ -53,6 +53,8 @@ class Backbone(nn.Module):
     stem_modules: tuple[str, ...] = ()
     #: spatial size of the final features is the input size divided by this
     output_stride: int = 8
+    #: whether the reference's MXNet ``.params`` weights fit this network
+    mxnet_weights: bool = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from histoseg_cli.core.errors import HistosegError, InputError, UsageError
+from histoseg_cli.core.models.checkpoint import FORMAT, LEGACY_FORMATS
 from histoseg_cli.core.models.base import Backbone
 from histoseg_cli.core.models.mxnet_params import load_resnet38d_params
 from histoseg_cli.core.models.timm_backbones import TimmBackbone
@@ -55,14 +56,14 @@ def load_pretrained(backbone: Backbone, spec: str) -> None:
 
 def _read_file(path: Path, backbone: Backbone) -> dict[str, torch.Tensor]:
     if path.suffix == ".params":
-        if not hasattr(backbone, "conv1a"):
+        if not backbone.mxnet_weights:
             raise UsageError(f"{path}: MXNet .params weights are for resnet38d only")
         return load_resnet38d_params(path)
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not weights"
         raise InputError(path, f"not a PyTorch state dict ({type(err).__name__})") from None
-    if isinstance(obj, dict) and obj.get("format") == "histoseg.classifier":
+    if isinstance(obj, dict) and obj.get("format") in (FORMAT, *LEGACY_FORMATS):
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]

@@ -91,6 +91,7 @@ class ResNet38d(Backbone):
     cam_layers = ("b4_5", "b5_2", "bn7")
     normalisation = "scale01"
     stem_modules = ("conv1a", "b2", "b2_1", "b2_2")
+    mxnet_weights = True
     output_stride = 8
 
     def __init__(self, width: float = 1.0) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from histoseg_cli.core.artifact import Artifact
+from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.atomic import write_text_atomic
 from histoseg_cli.core.errors import HistosegError, InputError
 from histoseg_cli.core.progress import SILENT, Reporter

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from histoseg_cli.core.artifact import ENCODABLE, ArtifactMeta, ArtifactWriter, encode_patches
+from histoseg_cli.core.data.format import ArtifactMeta
+
+from histoseg_cli.core.data.writer import ENCODABLE, ArtifactWriter, encode_patches
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.imageio import save_png
 from histoseg_cli.core.slides.preview import render_preview

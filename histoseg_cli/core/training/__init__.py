@@ -1,6 +1,11 @@
-"""Training the stage-1 patch classifier (``histoseg train-cls``)."""
+"""Training: one loop (``loop``) for every stage, parameterised by a task (``classifier``;
+``segmenter``), with paired augmentation, data loading, run directories and torchrun support.
+Dataset folders are resolved to artifacts by the caller (see ``train``'s ``prepare``)."""
 
-from histoseg_cli.core.training.config import TrainConfig
-from histoseg_cli.core.training.trainer import TrainResult, train_classifier
+from histoseg_cli.core.training.classifier import ClassifierTask
+from histoseg_cli.core.training.config import ClassifierConfig, TrainConfig
+from histoseg_cli.core.training.loop import TrainResult, train
+from histoseg_cli.core.training.task import TRAIN_TASKS, TrainTask
 
-__all__ = ["TrainConfig", "TrainResult", "train_classifier"]
+__all__ = ["TRAIN_TASKS", "ClassifierConfig", "ClassifierTask", "TrainConfig", "TrainResult",
+           "TrainTask", "train"]

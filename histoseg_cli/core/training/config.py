@@ -1,28 +1,29 @@
-"""The options of a classifier training run, as one serialisable dataclass."""
+"""The options of a training run as serialisable dataclasses: the loop's own, and one subclass
+per task (the classifier's here; the segmenter's in its task module)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from histoseg_cli.core.errors import UsageError
+from histoseg_cli.core.inference.engine import PRECISIONS
 from histoseg_cli.core.models.pda import MuSchedule
 
 #: Options that may differ when a run is resumed (where and how fast, not what is trained).
 RUNTIME_FIELDS = ("data", "val", "run_dir", "device", "workers", "precision", "channels_last",
                   "compile", "resume", "overwrite")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
 class TrainConfig:
-    """A train-cls run. Defaults are the paper's (METHOD.md, stage 1)."""
+    """What the one training loop needs, whatever it trains. Values are checked on creation
+    (``UsageError`` naming the flag)."""
 
     data: str
     run_dir: str
     val: str | None = None
     dataset: str | None = None  # layout of a dataset folder given as data/val
-    backbone: str = "resnet38d"
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None  # "imagenet" or a weights file
     epochs: int = 20
     batch_size: int = 20  # global: split across distributed processes
@@ -31,11 +32,6 @@ class TrainConfig:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     poly_power: float = 0.9
-    dropout: float = 0.5
-    pda: bool = True
-    mu: MuSchedule = field(default_factory=MuSchedule)
-    flips: bool = True
-    color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter, 0 = off
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     channels_last: bool | None = None  # None: on CUDA only (it slows small CPU convolutions)
     compile: bool = False
@@ -47,20 +43,22 @@ class TrainConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.mu, dict):
-            self.mu = MuSchedule(**self.mu)
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch size must be >= 1"),
-            (self.lr > 0, "learning rate must be positive"),
-            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
-            (0 <= self.color_jitter < 1, "colour jitter must be in [0, 1)"),
-            (self.workers >= 0, "workers must be >= 0"),
-        ]
-        for ok, message in checks:
+        for ok, option, message in self.checks():
             if not ok:
-                raise ValueError(message)
+                raise UsageError(message, option)
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """``(valid, flag, message)`` per option; subclasses add their own."""
+        return [
+            (self.epochs >= 1, "--epochs", "must be >= 1"),
+            (self.batch_size >= 1, "--batch-size", "must be >= 1"),
+            (self.lr > 0, "--lr", "must be positive"),
+            (self.precision in PRECISIONS, "--precision", f"must be one of "
+             f"{', '.join(PRECISIONS)}"),
+            (self.workers >= 0, "--workers", "must be >= 0"),
+            (not (self.resume and self.overwrite), "--resume",
+             "--resume and --overwrite exclude each other"),
+        ]
 
     def use_channels_last(self, device_type: str) -> bool:
         return device_type == "cuda" if self.channels_last is None else self.channels_last
@@ -75,5 +73,34 @@ class TrainConfig:
 
     def resumed_from(self, saved: dict[str, Any]) -> TrainConfig:
         """The saved run's training options with this invocation's runtime options."""
-        return replace(TrainConfig.from_dict(saved),
+        return replace(type(self).from_dict(saved),
                        **{name: getattr(self, name) for name in RUNTIME_FIELDS})
+
+
+@dataclass
+class ClassifierConfig(TrainConfig):
+    """A train-cls run. Defaults are the paper's stage-1 recipe (see docs/method.md)."""
+
+    backbone: str = "resnet38d"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    dropout: float = 0.5
+    pda: bool = True
+    mu: MuSchedule = field(default_factory=MuSchedule)
+    flips: bool = True
+    color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter, 0 = off
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mu, dict):
+            self.mu = MuSchedule(**self.mu)
+        super().__post_init__()
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        from histoseg_cli.core.models.base import BACKBONES
+
+        return [*super().checks(),
+                (0 <= self.dropout < 1, "--dropout", "must be in [0, 1)"),
+                (0 <= self.color_jitter < 1, "--color-jitter", "must be in [0, 1)"),
+                (self.backbone in BACKBONES, "--backbone",
+                 f"choose one of {', '.join(sorted(BACKBONES))}"),
+                (not self.backbone_kwargs.get("width") or self.backbone == "resnet38d",
+                 "--width", "applies to --backbone resnet38d only")]

@@ -1,4 +1,4 @@
-"""Registry of the patch-dataset layouts histoseg reads (see ../docs/DATA.md of the method).
+"""Registry of the patch-dataset layouts histoseg reads, and detection of a folder's layout.
 
 A layout says what the class names and colours are and where the splits live: a training
 folder whose file names carry labels, and ``img/`` + ``mask/`` folders for pixel-labelled
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import re
 
 import numpy as np
 
@@ -27,6 +29,8 @@ class DatasetSpec:
     train_dirs: tuple[str, ...] = ("train", "training")
     mask_splits: tuple[str, ...] = ("val", "test")
     background: str = "white"  # CAM background rule: "white" (grey > 200) or "none"
+    label_pattern: str = ""  # regex the bracketed label of a training file name matches
+    label_example: str = ""  # e.g. "[1 0 0 1]", for messages
 
     def palette_array(self) -> np.ndarray:
         return np.array(self.palette, dtype=np.uint8)
@@ -54,6 +58,8 @@ register_dataset(DatasetSpec(
     class_names=("TE", "NEC", "LYM", "TAS"),
     palette=((205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0), (255, 255, 255)),
     background="white",
+    label_pattern=r"\[[01]( [01]){3}\]",
+    label_example="[1 0 0 1]",
 ))
 register_dataset(DatasetSpec(
     name="bcss",
@@ -61,6 +67,8 @@ register_dataset(DatasetSpec(
     class_names=("TUM", "STR", "LYM", "NEC"),
     palette=((255, 0, 0), (0, 255, 0), (0, 0, 255), (153, 0, 255), (255, 255, 255)),
     background="none",
+    label_pattern=r"\[[01]{4}\]",
+    label_example="[1001]",
 ))
 
 
@@ -106,3 +114,36 @@ def find_splits(root: Path, spec: DatasetSpec) -> list[Split]:
                          f"their names, img/ + mask/ folders, or split folders "
                          f"({', '.join((*spec.train_dirs, *spec.mask_splits))})")
     return splits
+
+
+def _training_images(root: Path) -> list[Path]:
+    """Images of the training split under ``root`` (the folder itself or a train folder)."""
+    for folder in (root, *(root / d for d in ("train", "training"))):
+        if folder.is_dir() and not (folder / "img").is_dir():
+            images = list_images(folder)
+            if images:
+                return images
+    return []
+
+
+def detect_dataset(root: Path) -> DatasetSpec:
+    """The registered layout whose label style the training file names under ``root`` use.
+
+    When no layout or more than one fits: one ``UsageError`` (the folder needs ``--dataset``)
+    naming the folder and saying what was looked for.
+    """
+    if not root.is_dir():
+        raise InputError(root, "no such folder")
+    sample = _training_images(root)[:64]
+    looked_for = "; ".join(f"{s.name}: names ending in {s.label_example}"
+                           for s in DATASETS.values() if s.label_pattern)
+    if not sample:
+        raise UsageError(f"{root}: cannot tell the dataset layout, no labelled training "
+                         f"images (looked for {looked_for}); name it with --dataset")
+    fits = [spec for spec in DATASETS.values() if spec.label_pattern and all(
+        re.search(spec.label_pattern + r"[^\[\]]*$", p.stem) for p in sample)]
+    if len(fits) != 1:
+        found = "several layouts fit" if fits else "no layout fits"
+        raise UsageError(f"{root}: cannot tell the dataset layout ({found}; looked for "
+                         f"{looked_for}); name it with --dataset")
+    return fits[0]

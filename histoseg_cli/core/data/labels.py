@@ -47,3 +47,15 @@ def strip_label(path: str | Path) -> str:
     """The file stem without its label bracket (a stable patch name)."""
     name = Path(path).stem
     return _BRACKET.sub("", name).rstrip("-_+ ") or name
+
+
+def labels_from_masks(masks: np.ndarray, num_classes: int, min_fraction: float) -> np.ndarray:
+    """Multi-hot labels (B, C) from masks (B, H, W): class k present if its pixel fraction of
+    the patch exceeds ``min_fraction``; values >= ``num_classes`` are background."""
+    b = masks.shape[0]
+    area = masks.shape[1] * masks.shape[2]
+    k = num_classes + 1
+    flat = np.minimum(masks.reshape(b, -1), num_classes).astype(np.int64)
+    flat += np.arange(b, dtype=np.int64)[:, None] * k
+    counts = np.bincount(flat.ravel(), minlength=b * k).reshape(b, k)
+    return (counts[:, :num_classes] / area > min_fraction).astype(np.uint8)

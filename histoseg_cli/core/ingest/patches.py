@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from histoseg_cli.core.artifact import ArtifactMeta, ArtifactWriter
-from histoseg_cli.core.datasets import DatasetSpec, Split
+from histoseg_cli.core.data.format import ArtifactMeta
+
+from histoseg_cli.core.data.writer import ArtifactWriter
+from histoseg_cli.core.data.datasets import DatasetSpec, Split
 from histoseg_cli.core.errors import InputError
 from histoseg_cli.core.imageio import list_images, read_mask, read_rgb
-from histoseg_cli.core.labels import parse_label, strip_label
+from histoseg_cli.core.data.labels import labels_from_masks, parse_label, strip_label
 from histoseg_cli.core.parallel import ordered_map
 from histoseg_cli.core.progress import SILENT, Reporter
 
@@ -71,18 +73,6 @@ def pad_to(array: np.ndarray, size: int, value: int) -> np.ndarray:
         return array
     pad = [(0, max(0, size - h)), (0, max(0, size - w))] + [(0, 0)] * (array.ndim - 2)
     return np.pad(array, pad, constant_values=value)
-
-
-def labels_from_masks(masks: np.ndarray, num_classes: int, min_fraction: float) -> np.ndarray:
-    """Multi-hot labels (B, C) from masks (B, H, W): class k present if its pixel fraction of
-    the patch exceeds ``min_fraction``; values >= ``num_classes`` are background."""
-    b = masks.shape[0]
-    area = masks.shape[1] * masks.shape[2]
-    k = num_classes + 1
-    flat = np.minimum(masks.reshape(b, -1), num_classes).astype(np.int64)
-    flat += np.arange(b, dtype=np.int64)[:, None] * k
-    counts = np.bincount(flat.ravel(), minlength=b * k).reshape(b, k)
-    return (counts[:, :num_classes] / area > min_fraction).astype(np.uint8)
 
 
 def cut_patches(image: np.ndarray, mask: np.ndarray, num_classes: int, patch: int,
