@@ -14,7 +14,8 @@ from histoseg_cli.core.cams.gradcam import gradcam
 from histoseg_cli.core.cams.naive import naive_gradcam
 from histoseg_cli.core.data.demo import DemoConfig, write_demo_dataset
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def test_batched_gradcam_matches_reference_loop_on_cuda(tiny_classifier):

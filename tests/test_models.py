@@ -111,6 +111,7 @@ def test_load_pretrained_errors(tmp_path: Path) -> None:
         load_pretrained(net, str(tmp_path / "junk.pth"))
 
 
+@pytest.mark.slow
 def test_imagenet_download_offline_is_one_clear_error(tmp_path: Path) -> None:
     code = ("from histoseg_cli.core.models import build_backbone\n"
             "from histoseg_cli.core.models.pretrained import load_pretrained\n"

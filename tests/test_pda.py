@@ -9,7 +9,7 @@ from histoseg_cli.core.models.pda import MuSchedule, ProgressiveDropoutAttention
 
 
 def direct_pda(features: torch.Tensor, weight: torch.Tensor, mu: float) -> torch.Tensor:
-    """METHOD.md stage 1, written out with loops."""
+    """Stage 1 of docs/method.md, written out with loops."""
     b, _, h, w = features.shape
     c = weight.shape[0]
     out = torch.empty_like(features)

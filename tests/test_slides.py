@@ -121,6 +121,7 @@ def test_missing_mpp_asks_for_source_mpp(slides: dict[str, Path], tmp_path: Path
         assert art.meta.extra["source_mpp_from"] == "--source-mpp" and len(art) > 0
 
 
+@pytest.mark.slow
 def test_folder_with_corrupt_slide_resume_and_overwrite(slides: dict[str, Path],
                                                         tmp_path: Path):
     folder = tmp_path / "in"
@@ -152,6 +153,7 @@ def test_folder_with_corrupt_slide_resume_and_overwrite(slides: dict[str, Path],
     assert (out / "a.h5").stat().st_mtime_ns != mtime
 
 
+@pytest.mark.slow
 def test_plain_image_and_no_tissue(tmp_path: Path):
     images = real_tissue_images(limit=4)
     plain = tmp_path / "plain.png"
@@ -181,6 +183,7 @@ def test_mixed_options_are_usage_errors(tmp_path: Path, args: list[str], message
     assert code == 2 and message in output
 
 
+@pytest.mark.slow
 def test_compression_options_store_the_same_pixels(slides: dict[str, Path], tmp_path: Path):
     runs = {}
     for compression, workers in (("default", 2), ("none", 1), ("lzf", 1)):
@@ -276,3 +279,18 @@ def test_error_while_reading_leaves_nothing(slides: dict[str, Path], tmp_path: P
                         "-q")
     assert code == 1 and "unreadable region (test)" in output and len(calls) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv"]
+
+
+def test_one_slide_to_one_named_artifact(slides: dict[str, Path], tmp_path: Path):
+    out = tmp_path / "sub" / "one.h5"
+    code, output = tile(slides["pyramid"], "-o", out, "--patch-size", 64, "--min-tissue",
+                        0.1, "-q")
+    assert code == 0, output
+    assert output.strip().splitlines() == [str(out)]
+    assert Artifact(out).has_coords and len(Artifact(out)) > 0
+    assert (tmp_path / "sub" / "one.thumbnail.png").is_file()
+
+
+def test_missing_input_is_named_before_the_output(tmp_path: Path):
+    code, output = tile(tmp_path / "nothere", "-o", tmp_path / "x.h5")
+    assert code == 1 and "nothere: no such file or folder" in output

@@ -87,6 +87,7 @@ def test_training_from_dataset_folder(imported: dict[str, Path]) -> None:
     assert loaded.model(torch.rand(2, 3, 32, 32)).shape == (2, 4)
 
 
+@pytest.mark.slow
 def test_resume_continues_schedules_exactly(imported: dict[str, Path], tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Stop after epoch 2 of 4, resume: same LR, mu, losses and weights as the straight run."""
@@ -125,6 +126,7 @@ def test_resume_continues_schedules_exactly(imported: dict[str, Path], tmp_path:
     assert len(metrics(stopped)) == 4
 
 
+@pytest.mark.slow
 def test_resnet18_no_pda_fp32_nchw(imported: dict[str, Path], tmp_path: Path) -> None:
     result = invoke(str(imported["train"]), "-o", str(tmp_path / "r18"), "--backbone", "resnet18",
                     "--epochs", "1", "-b", "12", "--no-pda", "--no-channels-last",
@@ -212,6 +214,7 @@ def test_imported_data_is_reused_only_for_the_same_folder(tmp_path: Path) -> Non
     assert len(Artifact(other.train)) == 8  # another folder: imported again
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(imported: dict[str, Path], tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)

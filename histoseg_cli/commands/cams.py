@@ -11,6 +11,7 @@ from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
 from histoseg_cli.core.cams.background import BACKGROUND_RULES
 from histoseg_cli.core.device import DEVICE_CHOICES
+from histoseg_cli.core.errors import InputError
 
 MASKS = "Pseudo masks"
 OUTPUTS = "Extra outputs"
@@ -21,9 +22,13 @@ def cams(
     classifier: Annotated[Path, typer.Argument(help="train-cls run directory or checkpoint.",
                                                show_default=False)],
     data: Annotated[Path, typer.Argument(help="Patches artifact (.h5 from histoseg tile) with "
-                                         "patch-level labels.", show_default=False)],
+                                         "patch-level labels, or the dataset folder the "
+                                         "classifier was trained on (imported beside -o).",
+                                         show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Pseudo-masks artifact (.h5) "
                                          "to write; it links to DATA.", show_default=False)],
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="Layout of a dataset folder DATA \\[default: detected].")] = None,
     device: Annotated[str, typer.Option("--device", help=f"{'|'.join(DEVICE_CHOICES)}.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
                                             help="Patches per forward pass.")] = 8,
@@ -64,13 +69,22 @@ def cams(
       histoseg cams runs/cls train.h5 -o pseudo.h5
 
       histoseg cams runs/cls val.h5 -o val-pseudo.h5 --png-dir val-pngs --json
+
+      histoseg cams runs/cls LUAD-HistoSeg -o pseudo.h5   (the training split, imported)
     """
     from histoseg_cli.core.cams.run import CamsConfig, run_cams  # torch: only when running
     from histoseg_cli.core.device import resolve_device
+    from histoseg_cli.core.ingest.sources import resolve_patch_input
 
     config = CamsConfig(batch_size=batch_size, background=background,
                         threshold=white_threshold, min_size=min_size, save_cams=save_cams,
                         png_dir=png_dir, gallery=gallery, seed=seed, vectorize=vmap_classes)
-    summary = run_cams(classifier, data, output, config, resolve_device(device), out.reporter)
+    if not classifier.exists():
+        raise InputError(classifier, "no such file or folder (expected a train-cls run "
+                         "directory or checkpoint)")
+    artifact = resolve_patch_input(data, dataset, output.parent / f"{output.stem}.data",
+                                   reporter=out.reporter)
+    summary = run_cams(classifier, artifact, output, config, resolve_device(device),
+                       out.reporter)
     paths = [str(summary.output)] + ([str(summary.gallery)] if summary.gallery else [])
     out.result(summary.as_dict(), paths=paths)

@@ -1,1 +1,1 @@
-"""Stage 2 (``histoseg cams``): multi-layer Grad-CAM -> pseudo masks (METHOD.md, stage 2)."""
+"""Stage 2 (``histoseg cams``): multi-layer Grad-CAM -> pseudo masks (docs/method.md, stage 2)."""

@@ -1,6 +1,6 @@
 """Background rules for pseudo masks: which pixels of a patch are glass, not tissue.
 
-Per dataset (METHOD.md): LUAD-HistoSeg marks white pixels (grey > 200, minus white specks under
+Per dataset (docs/method.md): LUAD-HistoSeg marks white pixels (grey > 200, minus white specks under
 50 px) as background; BCSS-WSSS has none (white there is fat). numpy/scipy only, so the CLI can
 list the rules without importing torch.
 """

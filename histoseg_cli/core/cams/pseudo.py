@@ -1,4 +1,4 @@
-"""Raw Grad-CAM maps -> normalised CAMs -> pseudo masks (METHOD.md, stage 2).
+"""Raw Grad-CAM maps -> normalised CAMs -> pseudo masks (docs/method.md, stage 2).
 
 Per patch and layer: bilinear upsampling to the patch size, min-max over the whole C x H x W
 stack (not per class, as in the reference), zero maps for classes absent from the patch label,

@@ -1,4 +1,4 @@
-"""Pixel confusion matrix and the segmentation scores derived from it (METHOD.md, Evaluation).
+"""Pixel confusion matrix and the segmentation scores derived from it (docs/method.md, Evaluation).
 
 One matrix accumulates over every evaluated pixel of a whole set, so scores are pooled, not
 averaged per image. Ground-truth labels >= C (background / exclude) are left out. Predictions

@@ -1,4 +1,4 @@
-"""Progressive Dropout Attention (PDA) and its mu schedule (METHOD.md, stage 1).
+"""Progressive Dropout Attention (PDA) and its mu schedule (docs/method.md, stage 1).
 
 PDA pushes the classifier to look beyond the most discriminative spots: each class activation
 map is cut off above ``mu`` times its own maximum, and the mean of the clipped maps reweights the

@@ -160,12 +160,17 @@ def _describe_failure(slide: Path, err: BaseException) -> str:
 
 
 def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: int = 1,
-                overwrite: bool = False, reporter: Reporter = SILENT) -> BatchSummary:
+                overwrite: bool = False, reporter: Reporter = SILENT,
+                artifact: Path | None = None) -> BatchSummary:
     """Tile a slide or every slide under a folder into ``out_dir``; the reporter shows
-    per-slide and overall progress and, at the end, a summary table."""
+    per-slide and overall progress and, at the end, a summary table. ``artifact`` names the
+    output file of a single slide (its thumbnail goes beside it)."""
     start = time.perf_counter()
     slides = find_slides(source, exclude=out_dir)
-    targets = output_paths(slides, source, out_dir)
+    if artifact is not None:
+        targets = [(artifact, artifact.with_name(artifact.stem + PREVIEW_SUFFIX))]
+    else:
+        targets = output_paths(slides, source, out_dir)
     manifest = out_dir / MANIFEST
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[SlideOutcome] = []

@@ -1,0 +1,162 @@
+"""``histoseg tile`` as one request: which mode the inputs ask for, the defaults of each mode,
+and the run.
+
+Three modes: whole-slide images (a slide or a folder of slides), a registered patch-dataset
+layout (``dataset``), and an image folder with masks (``masks``). Options that belong to
+another mode are usage errors naming the flags. Inputs are checked before outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from histoseg_cli.core.data.datasets import find_splits, get_dataset
+from histoseg_cli.core.errors import InputError, UsageError
+from histoseg_cli.core.ingest.patches import TileConfig, tile_masked_images, tile_split
+from histoseg_cli.core.progress import SILENT, Reporter
+
+ARTIFACT_SUFFIXES = (".h5", ".hdf5")
+#: ``--compression`` names -> HDF5 filters (None: raw chunks).
+COMPRESSIONS = {"gzip": "gzip", "none": None, "lzf": "lzf"}
+
+
+@dataclass(frozen=True)
+class TileRequest:
+    """Everything ``tile`` was asked; ``None`` means "the mode's default"."""
+
+    input: Path
+    output: Path
+    # slides
+    mpp: float | None = None
+    magnification: float | None = None
+    source_mpp: float | None = None
+    min_tissue: float | None = None
+    thumbnail_size: int | None = None
+    compression: str | None = None
+    overwrite: bool = False
+    # patch datasets and annotated images
+    dataset: str | None = None
+    masks: Path | None = None
+    classes: str | None = None
+    min_fraction: float | None = None
+    keep_empty: bool = False
+    # all
+    patch_size: int | None = None
+    stride: int | None = None
+    workers: int | None = None
+
+    @property
+    def mode(self) -> str:
+        return "slides" if self.dataset is None and self.masks is None else (
+            "masks" if self.masks is not None else "dataset")
+
+
+@dataclass
+class TileOutcome:
+    """What ``tile`` produced: the JSON payload, the output paths, and the failure message
+    when some input failed (the command exits 1 after reporting the rest)."""
+
+    payload: dict[str, Any]
+    paths: list[str]
+    error: str | None = None
+
+
+def _reject(options: dict[str, object], why: str) -> None:
+    given = [name for name, value in options.items() if value not in (None, False)]
+    if given:
+        raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} {why}")
+
+
+def run_tile(req: TileRequest, reporter: Reporter = SILENT) -> TileOutcome:
+    """Check the request (inputs first), then run the mode it asks for."""
+    if not req.input.exists():
+        expected = {"slides": "no such file or folder (expected a slide or a folder of slides)",
+                    "dataset": f"no such folder (expected a {req.dataset} dataset folder)",
+                    "masks": "no such folder (expected a folder of images)"}
+        raise InputError(req.input, expected[req.mode])
+    slide_options = {"--mpp": req.mpp, "--magnification": req.magnification,
+                     "--source-mpp": req.source_mpp, "--min-tissue": req.min_tissue,
+                     "--thumbnail-size": req.thumbnail_size, "--compression": req.compression,
+                     "--overwrite": req.overwrite}
+    patch_options = {"--classes": req.classes, "--min-fraction": req.min_fraction,
+                     "--keep-empty": req.keep_empty}
+    if req.mode == "slides":
+        _reject(patch_options, "to --dataset/--masks, not to slides")
+        return _slides(req, reporter)
+    _reject(slide_options, "to slides, not to --dataset/--masks")
+    config = TileConfig(patch_size=req.patch_size if req.patch_size or req.dataset else 224,
+                        stride=req.stride,
+                        min_fraction=0.05 if req.min_fraction is None else req.min_fraction,
+                        keep_empty=req.keep_empty, workers=req.workers or 4)
+    return _masks(req, config, reporter) if req.mode == "masks" else _dataset(req, config,
+                                                                               reporter)
+
+
+def _slides(req: TileRequest, reporter: Reporter) -> TileOutcome:
+    from histoseg_cli.core.slides.batch import tile_slides  # openslide: only for slides
+    from histoseg_cli.core.slides.extract import SlideConfig
+    from histoseg_cli.core.slides.resolution import Target
+
+    single_file = req.output.suffix.lower() in ARTIFACT_SUFFIXES
+    if single_file and req.input.is_dir():
+        raise UsageError(f"-o {req.output}: slides need an output folder (one .h5 per slide) "
+                         "when INPUT is a folder")
+    if req.compression is not None and req.compression not in COMPRESSIONS:
+        raise UsageError(f"expected {', '.join(COMPRESSIONS)}", f"--compression {req.compression}")
+    config = SlideConfig(
+        target=Target(mpp=req.mpp, magnification=10.0 if req.mpp is None
+                      and req.magnification is None else req.magnification),
+        source_mpp=req.source_mpp, patch_size=req.patch_size or 224, stride=req.stride,
+        min_tissue=0.25 if req.min_tissue is None else req.min_tissue,
+        thumbnail_size=req.thumbnail_size or 1024,
+        compression=COMPRESSIONS[req.compression or "gzip"])
+    summary = tile_slides(req.input, req.output.parent if single_file else req.output, config,
+                          reporter=reporter, overwrite=req.overwrite,
+                          workers=req.workers or min(4, os.cpu_count() or 1),
+                          artifact=req.output if single_file else None)
+    ok = [o for o in summary.outcomes if o.status != "failed"]
+    error = None
+    if len(summary.outcomes) == 1 and summary.failed:
+        error = summary.failed[0].error
+    elif summary.failed:
+        error = (f"{len(summary.failed)} of {len(summary.outcomes)} slides failed; see "
+                 f"{summary.manifest}")
+    return TileOutcome(summary.as_dict(), [str(o.output) for o in ok], error)
+
+
+def _masks(req: TileRequest, config: TileConfig, reporter: Reporter) -> TileOutcome:
+    assert req.masks is not None
+    if not req.classes:
+        raise UsageError("--masks needs --classes (class names in mask-value order)")
+    names = [c.strip() for c in req.classes.split(",") if c.strip()]
+    if len(names) < 1 or len(set(names)) != len(names):
+        raise UsageError(f"expected distinct comma-separated names", f"--classes '{req.classes}'")
+    palette = get_dataset(req.dataset).palette_array() if req.dataset else None
+    summary = tile_masked_images(req.input, req.masks, req.output, names, config,
+                                 palette=palette, reporter=reporter)
+    return TileOutcome(summary.as_dict(), [str(summary.output)])
+
+
+def _dataset(req: TileRequest, config: TileConfig, reporter: Reporter) -> TileOutcome:
+    assert req.dataset is not None
+    spec = get_dataset(req.dataset)
+    splits = find_splits(req.input, spec)
+    if any(split.is_labelled for split in splits):
+        _reject({"--patch-size": req.patch_size, "--stride": req.stride,
+                 "--min-fraction": req.min_fraction, "--keep-empty": req.keep_empty},
+                f"to images with masks, not to {spec.name} training patches (stored "
+                "as they are); tile the val/test folders on their own to cut them")
+    output = req.output
+    if len(splits) == 1:
+        target = output / f"{splits[0].name}.h5" if output.is_dir() else output
+        summaries = [tile_split(splits[0], target, spec, config, reporter)]
+    else:
+        if output.suffix.lower() in ARTIFACT_SUFFIXES:
+            raise UsageError(f"{req.input} holds {len(splits)} splits; pass a folder as -o")
+        summaries = [tile_split(s, output / f"{s.name}.h5", spec, config, reporter)
+                     for s in splits]
+    return TileOutcome({"outputs": [s.as_dict() for s in summaries]},
+                       [str(s.output) for s in summaries])
