@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "histoseg_cli.commands.tile",
     "histoseg_cli.commands.train_cls",
     "histoseg_cli.commands.cams",
+    "histoseg_cli.commands.train_seg",
 )
 
 app = typer.Typer(

@@ -9,9 +9,11 @@ from histoseg_cli.core.models.base import BACKBONES, Backbone, PatchClassifier, 
 from histoseg_cli.core.models.checkpoint import LoadedModel, ModelInfo, load_model, save_checkpoint
 from histoseg_cli.core.models.classifier import ClassifierInfo, LoadedClassifier, load_classifier
 from histoseg_cli.core.models.pda import MuSchedule, ProgressiveDropoutAttention
+from histoseg_cli.core.models.segmenter import Segmenter, SegmenterInfo, load_segmenter
 from histoseg_cli.core.models.preprocess import InputNorm, to_input
 
 __all__ = ["BACKBONES", "Backbone", "ClassifierInfo", "InputNorm", "LoadedClassifier",
            "LoadedModel", "ModelInfo", "MuSchedule", "PatchClassifier",
            "ProgressiveDropoutAttention", "build_backbone", "load_classifier", "load_model",
-           "register_backbone", "save_checkpoint", "to_input"]
+           "Segmenter", "SegmenterInfo", "load_segmenter", "register_backbone",
+           "save_checkpoint", "to_input"]

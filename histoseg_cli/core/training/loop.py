@@ -294,6 +294,7 @@ class _Loop:
             save_checkpoint(run.best, model, info)
         run.write_metrics(rows)
         run.write_curve(rows)
+        task.epoch_end(run.root, row)
         log.info("epoch %d/%d  loss %.4f  lr %.2e  %.1f img/s%s", row["epoch"],
                  task.config.epochs, row["train_loss"], row["lr"], row["images_per_s"],
                  task.describe(row))

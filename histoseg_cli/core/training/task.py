@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -100,6 +101,9 @@ class TrainTask(ABC):
     def validate(self, engine: InferenceEngine, loader: DataLoader) -> dict[str, Any]:
         """Validation metrics of the network in ``engine`` (rank 0)."""
         return {}
+
+    def epoch_end(self, run_dir: Path, row: dict[str, Any]) -> None:
+        """After an epoch's checkpoint is saved (rank 0): extra files, e.g. sample figures."""
 
     @abstractmethod
     def info(self, model: nn.Module, sources: DataSources, row: dict[str, Any]) -> ModelInfo:

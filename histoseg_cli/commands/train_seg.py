@@ -1,0 +1,145 @@
+"""``histoseg train-seg``: DeepLabV3+ with multi-layer pseudo-supervision (stage 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histoseg_cli.app import app
+from histoseg_cli.cli import Output, command
+
+DATA, MODEL, LOSS, OPTIM, HARDWARE, OUTPUT = ("Data", "Model", "Loss", "Optimisation",
+                                              "Hardware", "Output")
+
+
+def _floats(text: str | None, option: str) -> list[float] | None:
+    from histoseg_cli.core.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"'{text}': expected comma-separated numbers", option) from None
+
+
+@command(app, "train-seg", panel="Training")
+def train_seg(
+    data: Annotated[Path, typer.Argument(help="Patches artifact (or dataset folder) the pseudo "
+                                         "masks were made from.", show_default=False)],
+    pseudo: Annotated[Path | None, typer.Argument(
+        help="Pseudo-masks artifact from histoseg cams (omit with --masks).",
+        show_default=False)] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory to write.",
+                                         show_default=False, rich_help_panel=OUTPUT)] = None,
+    masks: Annotated[bool, typer.Option(
+        "--masks", help="Fully supervised: train on DATA's ground-truth masks instead of pseudo "
+        "masks.", rich_help_panel=DATA)] = False,
+    val: Annotated[Path | None, typer.Option(
+        "--val", help="Pixel-labelled validation artifact or dataset folder: mIoU, FwIoU, ACC "
+        "each epoch, best.pt by mIoU.", show_default=False, rich_help_panel=DATA)] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="Layout of a dataset folder \\[default: detected].",
+        rich_help_panel=DATA)] = None,
+    layers: Annotated[str | None, typer.Option(
+        "--layers", help="CAM layers to learn from, comma-separated \\[default: all in PSEUDO].",
+        show_default=False, rich_help_panel=LOSS)] = None,
+    lambdas: Annotated[str | None, typer.Option(
+        "--lambdas", help="Their weights, comma-separated \\[default: 0.2,0.2,0.6 shallow to "
+        "deep].", show_default=False, rich_help_panel=LOSS)] = None,
+    encoder: Annotated[str, typer.Option(
+        "--encoder", help="Any segmentation-models-pytorch encoder.",
+        rich_help_panel=MODEL)] = "resnet101",
+    output_stride: Annotated[int, typer.Option("--output-stride", help="8 or 16 (ASPP rates "
+                                               "12/24/36 or 6/12/18).",
+                                               rich_help_panel=MODEL)] = 16,
+    pretrained: Annotated[str | None, typer.Option(
+        "--pretrained", help="Encoder weights: 'imagenet' (downloads) or a state-dict file.",
+        show_default=False, rich_help_panel=MODEL)] = None,
+    gate_head: Annotated[bool, typer.Option(
+        "--gate-head", help="Train a classification head on the encoder with the patch labels "
+        "(gate with one network).", rich_help_panel=MODEL)] = False,
+    gate_weight: Annotated[float, typer.Option("--gate-weight", min=0.0,
+                                               help="Weight of the gate head's loss.",
+                                               rich_help_panel=LOSS)] = 0.4,
+    classifier: Annotated[Path | None, typer.Option(
+        "--classifier", help="Stage-1 checkpoint whose F1/AUC on --val is recorded beside the "
+        "gate head's.", show_default=False, rich_help_panel=MODEL)] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=OPTIM)] = 30,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
+                                            rich_help_panel=OPTIM)] = 20,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Encoder learning rate.",
+                                      rich_help_panel=OPTIM)] = 0.01,
+    head_lr_mult: Annotated[float, typer.Option("--head-lr-mult", min=0.0,
+                                                help="LR multiplier of decoder and heads.",
+                                                rich_help_panel=OPTIM)] = 10.0,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0,
+                                                rich_help_panel=OPTIM)] = 5e-4,
+    momentum: Annotated[float, typer.Option("--momentum", min=0.0, max=1.0,
+                                            rich_help_panel=OPTIM)] = 0.9,
+    poly_power: Annotated[float, typer.Option("--poly-power", min=0.0,
+                                              rich_help_panel=OPTIM)] = 0.9,
+    blur: Annotated[float, typer.Option("--blur", min=0.0, max=1.0,
+                                        help="Probability of a random Gaussian blur.",
+                                        rich_help_panel=OPTIM)] = 0.5,
+    vflip: Annotated[bool, typer.Option("--vflip/--no-vflip", help="Random vertical flips "
+                                        "(horizontal ones are always on).",
+                                        rich_help_panel=OPTIM)] = True,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=OPTIM)] = 0,
+    deterministic: Annotated[bool, typer.Option("--deterministic",
+                                                rich_help_panel=OPTIM)] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.",
+                                        rich_help_panel=HARDWARE)] = "auto",
+    workers: Annotated[int, typer.Option("--workers", "-j", min=0,
+                                         rich_help_panel=HARDWARE)] = 4,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.",
+        rich_help_panel=HARDWARE)] = "auto",
+    channels_last: Annotated[bool | None, typer.Option(
+        "--channels-last/--no-channels-last", show_default=False,
+        rich_help_panel=HARDWARE)] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network.",
+                                           rich_help_panel=HARDWARE)] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in RUN_DIR.",
+                                         rich_help_panel=OUTPUT)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run in RUN_DIR.",
+                                            rich_help_panel=OUTPUT)] = False,
+    *,
+    out: Output,
+) -> None:
+    """Train DeepLabV3+ on multi-layer pseudo masks (stage 3), or on ground-truth masks.
+
+    Writes RUN_DIR/checkpoint.pt (self-describing; best.pt by val mIoU with --val),
+    metrics.jsonl, curve.png, samples/ and config.json; prints the checkpoint path.
+
+    [b]Examples[/b]
+
+      histoseg train-seg train.h5 pseudo.h5 --val val.h5 -o runs/seg
+
+      histoseg train-seg train.h5 pseudo.h5 --layers bn7 -o runs/seg-bn7   (one layer)
+
+      histoseg train-seg train.h5 --masks --val val.h5 -o runs/seg-full   (fully supervised)
+    """
+    from histoseg_cli.core.errors import UsageError
+    from histoseg_cli.core.ingest.sources import resolve_sources  # torch: only when running
+    from histoseg_cli.core.training import SegmenterConfig, SegmenterTask, train
+
+    if output is None:
+        raise UsageError("missing the run directory", "--output/-o")
+    config = SegmenterConfig(
+        data=str(data), run_dir=str(output), val=str(val) if val else None, dataset=dataset,
+        pseudo=str(pseudo) if pseudo else None, masks=masks,
+        layers=[v.strip() for v in layers.split(",") if v.strip()] if layers else None,
+        lambdas=_floats(lambdas, "--lambdas"), encoder=encoder, output_stride=output_stride,
+        gate_head=gate_head, gate_weight=gate_weight,
+        classifier=str(classifier) if classifier else None, pretrained=pretrained,
+        epochs=epochs, batch_size=batch_size, lr=lr, head_lr_mult=head_lr_mult,
+        weight_decay=weight_decay, momentum=momentum, poly_power=poly_power, blur=blur,
+        vflip=vflip, precision=precision, channels_last=channels_last, compile=compile_,
+        workers=workers, device=device, seed=seed, deterministic=deterministic, resume=resume,
+        overwrite=overwrite)
+    result = train(SegmenterTask(config), resolve_sources, out.reporter)
+    if result.is_main:
+        out.result(result.as_dict(), paths=[str(result.checkpoint)])
