@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import machine, report, run_modes, time_steps  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,34 +55,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def machine(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
-
-
 def run_child(args: argparse.Namespace) -> dict[str, object]:
     """Time one mode in this process."""
     import torch
     import torch.nn.functional as F
     from torch.optim.lr_scheduler import PolynomialLR
 
+    from histoseg_cli.core.device import resolve_device
+    from histoseg_cli.core.inference.engine import autocast_dtype
     from histoseg_cli.core.models import PatchClassifier, ProgressiveDropoutAttention, build_backbone
     from histoseg_cli.core.models.preprocess import InputNorm
-    from histoseg_cli.core.training.data import Augment
-    from histoseg_cli.core.device import resolve_device
-    from histoseg_cli.core.training.step import TrainStep, autocast_dtype
-    from histoseg_cli.core.training.trainer import determinism, make_optimizer, parameter_groups
+    from histoseg_cli.core.training.augment import PairedAugment
+    from histoseg_cli.core.training.loop import determinism, make_optimizer
+    from histoseg_cli.core.training.step import TrainStep
+    from histoseg_cli.core.training.task import backbone_and_head_groups
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,12 +85,13 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
     channels_last = default and cuda
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     model.train()
+    groups = backbone_and_head_groups(list(model.backbone.parameters()),
+                                      list(model.fc8.parameters()), 0.01, 10.0, 5e-4)
     if default:  # exactly what train-cls builds: fused SGD on CUDA, cuDNN autotuning
-        optimizer = make_optimizer(model, 0.01, 10.0, 5e-4, 0.9, device)
+        optimizer = make_optimizer(groups, 0.01, 0.9, device)
         backend_flags.enter_context(determinism(False, device))
     else:
-        optimizer = torch.optim.SGD(parameter_groups(model, 0.01, 10.0, 5e-4), lr=0.01,
-                                    momentum=0.9)
+        optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9)
     total = args.warmup + args.steps
     scheduler = PolynomialLR(optimizer, total_iters=total + 1, power=0.9)
     b, s = args.batch_size, args.size
@@ -118,7 +103,8 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
         if cuda:
             patches, labels = patches.pin_memory(), labels.pin_memory()
         net = torch.compile(model) if args.compile else model
-        step = TrainStep(net, optimizer, scheduler, norm, Augment(flips=True), device,
+        step = TrainStep(net, optimizer, scheduler, norm, PairedAugment(),
+                         lambda z, ys: F.multilabel_soft_margin_loss(z.float(), ys[0]), device,
                          autocast_dtype(args.precision, device), channels_last)
         loss_sum = torch.zeros((), device=device)
 
@@ -146,24 +132,7 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
         def finish() -> float:
             return 0.0
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
-
-    for _ in range(args.warmup):
-        one_step()
-    finish()
-    sync()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        one_step()
-    finish()
-    sync()
-    seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated(device) if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    seconds, peak = time_steps(one_step, finish, str(device), args.warmup, args.steps)
     return {"mode": args.child + (" (compiled)" if default and args.compile else "")
             + (f" ({args.precision})" if default and args.precision != "auto" else ""),
             "images_per_s": round(args.steps * b / seconds, 3),
@@ -180,32 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(run_child(args)))
         return
-    results = []
-    raw = sys.argv[1:] if argv is None else argv
-    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        proc = subprocess.run([sys.executable, __file__, *raw, "--child", mode],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"{mode} run failed:\n{proc.stderr[-2000:]}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    summary = {"config": {k: v for k, v in vars(args).items() if k not in ("child", "json")},
-               "results": results}
-    by_mode = {r["mode"].split(" ")[0]: r for r in results}
-    if "default" in by_mode and "reference" in by_mode:
-        summary["speedup"] = round(by_mode["default"]["images_per_s"]
-                                   / by_mode["reference"]["images_per_s"], 2)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return
-    print(f"train-cls step, {args.backbone} (width {args.width}), {args.size} px, batch "
-          f"{args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up")
-    print(f"machine: {results[0]['machine']}; torch {results[0]['torch']}")
-    for r in results:
-        print(f"  {r['mode']:<20} {r['images_per_s']:>9.2f} img/s  {r['ms_per_step']:>9.1f} "
-              f"ms/step  peak {r['peak_memory_mb']:>8.0f} MiB ({r['peak_memory_kind']})  "
-              f"{r['precision']}, channels_last={r['channels_last']}")
-    if "speedup" in summary:
-        print(f"  speed-up default / reference: {summary['speedup']}x")
+    results = run_modes(__file__, sys.argv[1:] if argv is None else argv, args.modes)
+    report(f"train-cls step, {args.backbone} (width {args.width}), {args.size} px, batch "
+           f"{args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up", results,
+           args.json, {k: v for k, v in vars(args).items() if k not in ("child", "json")})
 
 
 if __name__ == "__main__":

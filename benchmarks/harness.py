@@ -1,0 +1,93 @@
+"""What the training benchmarks share: the machine's name, a timed loop, and running each mode
+in its own process so peak memory is measured cleanly."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def machine(device: str) -> str:
+    """The GPU's name, or the CPU model and torch's thread count."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def time_steps(one_step: Callable[[], None], finish: Callable[[], object], device: str,
+               warmup: int, steps: int) -> tuple[float, float]:
+    """Seconds for ``steps`` calls after ``warmup`` untimed ones (``finish`` reads the result
+    once, as the training loop does per epoch), and peak memory in bytes (GPU allocated on
+    CUDA, process RSS otherwise)."""
+    import torch
+
+    cuda = device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(torch.device(device))
+
+    for _ in range(warmup):
+        one_step()
+    finish()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+    start = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    finish()
+    sync()
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated(torch.device(device)) if cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return seconds, peak
+
+
+def run_modes(script: str, raw_args: list[str], modes: str) -> list[dict[str, object]]:
+    """Rerun ``script`` once per mode with ``--child MODE``; each prints one JSON line."""
+    results = []
+    for mode in [m.strip() for m in modes.split(",") if m.strip()]:
+        proc = subprocess.run([sys.executable, script, *raw_args, "--child", mode],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{mode} run failed:\n{proc.stderr[-2000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def report(title: str, results: list[dict[str, object]], as_json: bool,
+           config: dict[str, object]) -> None:
+    """Print each mode's figures and default/reference, or all of it as JSON."""
+    summary: dict[str, object] = {"config": config, "results": results}
+    by_mode = {str(r["mode"]).split(" ")[0]: r for r in results}
+    if "default" in by_mode and "reference" in by_mode:
+        summary["speedup"] = round(float(by_mode["default"]["images_per_s"])
+                                   / float(by_mode["reference"]["images_per_s"]), 2)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(title)
+    print(f"machine: {results[0]['machine']}; torch {results[0]['torch']}")
+    for r in results:
+        print(f"  {r['mode']:<20} {r['images_per_s']:>9.2f} img/s  {r['ms_per_step']:>9.1f} "
+              f"ms/step  peak {r['peak_memory_mb']:>8.0f} MiB ({r['peak_memory_kind']})  "
+              f"{r['precision']}, channels_last={r['channels_last']}")
+    if "speedup" in summary:
+        print(f"  speed-up default / reference: {summary['speedup']}x")
