@@ -9,14 +9,30 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
+from histoseg_cli.commands.training_options import (
+    OPTIM,
+    OUTPUT,
+    BatchSize,
+    ChannelsLast,
+    Compile,
+    Deterministic,
+    Device,
+    Momentum,
+    Overwrite,
+    PolyPower,
+    Precision,
+    Resume,
+    Seed,
+    WeightDecay,
+    Workers,
+)
 from histoseg_cli.core.data.datasets import DATASETS
 
 #: Shown in --help without importing torch; tests check it lists every registered backbone.
 BACKBONE_HELP = ("resnet38d (the paper's ResNet-38), resnet18, resnet34, resnet50, resnet101, "
                  "resnext50_32x4d (timm, dilated to output stride 8)")
 
-DATA, MODEL, OPTIM, PDA, HARDWARE, OUTPUT = ("Data", "Model", "Optimisation", "PDA", "Hardware",
-                                             "Output")
+DATA, MODEL, PDA = "Data", "Model", "PDA"
 
 
 @command(app, "train-cls", panel="Training")
@@ -54,25 +70,17 @@ def train_cls(
                                            help="Dropout2d before pooling.",
                                            rich_help_panel=MODEL)] = 0.5,
     epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=OPTIM)] = 20,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", "-b", min=1, help="Global batch (split over torchrun processes).",
-        rich_help_panel=OPTIM)] = 20,
+    batch_size: BatchSize = 20,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Backbone learning rate.",
                                       rich_help_panel=OPTIM)] = 0.01,
     head_lr_mult: Annotated[float, typer.Option("--head-lr-mult", min=0.0,
                                                 help="LR multiplier of fc8.",
                                                 rich_help_panel=OPTIM)] = 10.0,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0,
-                                                rich_help_panel=OPTIM)] = 5e-4,
-    momentum: Annotated[float, typer.Option("--momentum", min=0.0, max=1.0,
-                                            rich_help_panel=OPTIM)] = 0.9,
-    poly_power: Annotated[float, typer.Option("--poly-power", min=0.0,
-                                              help="Poly LR decay power (per iteration).",
-                                              rich_help_panel=OPTIM)] = 0.9,
-    seed: Annotated[int, typer.Option("--seed", rich_help_panel=OPTIM)] = 0,
-    deterministic: Annotated[bool, typer.Option(
-        "--deterministic", help="Deterministic kernels (slower on GPU).",
-        rich_help_panel=OPTIM)] = False,
+    weight_decay: WeightDecay = 5e-4,
+    momentum: Momentum = 0.9,
+    poly_power: PolyPower = 0.9,
+    seed: Seed = 0,
+    deterministic: Deterministic = False,
     pda: Annotated[bool, typer.Option("--pda/--no-pda", help="Progressive Dropout Attention.",
                                       rich_help_panel=PDA)] = True,
     pda_sigma: Annotated[float, typer.Option("--pda-sigma", min=0.01, max=1.0,
@@ -86,24 +94,13 @@ def train_cls(
     pda_decay_in_warmup: Annotated[bool, typer.Option(
         "--pda-decay-in-warmup", help="Decay mu during warm-up too (reference code; with "
         "--pda-sigma 0.98).", rich_help_panel=PDA)] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.",
-                                        rich_help_panel=HARDWARE)] = "auto",
-    workers: Annotated[int, typer.Option("--workers", "-j", min=0,
-                                         help="Data-loading processes.",
-                                         rich_help_panel=HARDWARE)] = 4,
-    precision: Annotated[str, typer.Option(
-        "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.",
-        rich_help_panel=HARDWARE)] = "auto",
-    channels_last: Annotated[bool | None, typer.Option(
-        "--channels-last/--no-channels-last", help="channels_last memory format \\[default: on "
-        "CUDA only].", show_default=False, rich_help_panel=HARDWARE)] = None,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network.",
-                                           rich_help_panel=HARDWARE)] = False,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in RUN_DIR (schedules, data order, best score).",
-        rich_help_panel=OUTPUT)] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run in RUN_DIR.",
-                                            rich_help_panel=OUTPUT)] = False,
+    device: Device = "auto",
+    workers: Workers = 4,
+    precision: Precision = "auto",
+    channels_last: ChannelsLast = None,
+    compile_: Compile = False,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
     *,
     out: Output,
 ) -> None:

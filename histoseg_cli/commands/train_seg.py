@@ -9,9 +9,25 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
+from histoseg_cli.commands.training_options import (
+    OPTIM,
+    OUTPUT,
+    BatchSize,
+    ChannelsLast,
+    Compile,
+    Deterministic,
+    Device,
+    Momentum,
+    Overwrite,
+    PolyPower,
+    Precision,
+    Resume,
+    Seed,
+    WeightDecay,
+    Workers,
+)
 
-DATA, MODEL, LOSS, OPTIM, HARDWARE, OUTPUT = ("Data", "Model", "Loss", "Optimisation",
-                                              "Hardware", "Output")
+DATA, MODEL, LOSS = "Data", "Model", "Loss"
 
 
 def _floats(text: str | None, option: str) -> list[float] | None:
@@ -68,44 +84,30 @@ def train_seg(
         "--classifier", help="Stage-1 checkpoint whose F1/AUC on --val is recorded beside the "
         "gate head's.", show_default=False, rich_help_panel=MODEL)] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=OPTIM)] = 30,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
-                                            rich_help_panel=OPTIM)] = 20,
+    batch_size: BatchSize = 20,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Encoder learning rate.",
                                       rich_help_panel=OPTIM)] = 0.01,
     head_lr_mult: Annotated[float, typer.Option("--head-lr-mult", min=0.0,
                                                 help="LR multiplier of decoder and heads.",
                                                 rich_help_panel=OPTIM)] = 10.0,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0,
-                                                rich_help_panel=OPTIM)] = 5e-4,
-    momentum: Annotated[float, typer.Option("--momentum", min=0.0, max=1.0,
-                                            rich_help_panel=OPTIM)] = 0.9,
-    poly_power: Annotated[float, typer.Option("--poly-power", min=0.0,
-                                              rich_help_panel=OPTIM)] = 0.9,
+    weight_decay: WeightDecay = 5e-4,
+    momentum: Momentum = 0.9,
+    poly_power: PolyPower = 0.9,
     blur: Annotated[float, typer.Option("--blur", min=0.0, max=1.0,
                                         help="Probability of a random Gaussian blur.",
                                         rich_help_panel=OPTIM)] = 0.5,
     vflip: Annotated[bool, typer.Option("--vflip/--no-vflip", help="Random vertical flips "
                                         "(horizontal ones are always on).",
                                         rich_help_panel=OPTIM)] = True,
-    seed: Annotated[int, typer.Option("--seed", rich_help_panel=OPTIM)] = 0,
-    deterministic: Annotated[bool, typer.Option("--deterministic",
-                                                rich_help_panel=OPTIM)] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.",
-                                        rich_help_panel=HARDWARE)] = "auto",
-    workers: Annotated[int, typer.Option("--workers", "-j", min=0,
-                                         rich_help_panel=HARDWARE)] = 4,
-    precision: Annotated[str, typer.Option(
-        "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.",
-        rich_help_panel=HARDWARE)] = "auto",
-    channels_last: Annotated[bool | None, typer.Option(
-        "--channels-last/--no-channels-last", show_default=False,
-        rich_help_panel=HARDWARE)] = None,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network.",
-                                           rich_help_panel=HARDWARE)] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in RUN_DIR.",
-                                         rich_help_panel=OUTPUT)] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run in RUN_DIR.",
-                                            rich_help_panel=OUTPUT)] = False,
+    seed: Seed = 0,
+    deterministic: Deterministic = False,
+    device: Device = "auto",
+    workers: Workers = 4,
+    precision: Precision = "auto",
+    channels_last: ChannelsLast = None,
+    compile_: Compile = False,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
     *,
     out: Output,
 ) -> None:

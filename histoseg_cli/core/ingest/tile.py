@@ -133,7 +133,7 @@ def _masks(req: TileRequest, config: TileConfig, reporter: Reporter) -> TileOutc
         raise UsageError("--masks needs --classes (class names in mask-value order)")
     names = [c.strip() for c in req.classes.split(",") if c.strip()]
     if len(names) < 1 or len(set(names)) != len(names):
-        raise UsageError(f"expected distinct comma-separated names", f"--classes '{req.classes}'")
+        raise UsageError("expected distinct comma-separated names", f"--classes '{req.classes}'")
     palette = get_dataset(req.dataset).palette_array() if req.dataset else None
     summary = tile_masked_images(req.input, req.masks, req.output, names, config,
                                  palette=palette, reporter=reporter)
