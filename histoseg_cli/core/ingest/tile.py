@@ -16,9 +16,9 @@ from typing import Any
 from histoseg_cli.core.data.datasets import find_splits, get_dataset
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.ingest.patches import TileConfig, tile_masked_images, tile_split
+from histoseg_cli.core.ingest.sources import ARTIFACT_SUFFIXES
 from histoseg_cli.core.progress import SILENT, Reporter
 
-ARTIFACT_SUFFIXES = (".h5", ".hdf5")
 #: ``--compression`` names -> HDF5 filters (None: raw chunks).
 COMPRESSIONS = {"gzip": "gzip", "none": None, "lzf": "lzf"}
 
