@@ -9,7 +9,7 @@ memory read-ahead. ``cams`` takes its inputs from here, training validates throu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +104,7 @@ class InferenceEngine:
             for (s, e), batch in zip(bounds, ordered_map(pool, load, bounds, ahead=ahead)):
                 yield s, e, self(batch)
 
-    def run_loader(self, batches: Sequence[Any] | Any) -> Iterator[Any]:
+    def run_loader(self, batches: Iterable[Any]) -> Iterator[Any]:
         """Outputs for each uint8 batch of an iterable (e.g. a DataLoader yielding
         ``(patches, ...)`` tuples: the first element is fed, the rest passed through)."""
         for item in batches:

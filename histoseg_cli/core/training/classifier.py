@@ -42,11 +42,8 @@ class ClassifierTask(TrainTask):
     def check_data(self, sources: DataSources) -> DataSources:
         cfg = self.config
         with Artifact(sources.train) as train:
-            n = len(train_labels(train))
+            train_labels(train, cfg.batch_size)
             names = train.class_names
-            if n < cfg.batch_size:
-                raise InputError(sources.train, f"holds {n} patches, fewer than the batch size "
-                                 f"{cfg.batch_size}; lower --batch-size")
             self._patch_size = train.meta.patch_size
             self._mpp = train.meta.mpp
             self._palette = train.meta.resolved_palette().tolist()

@@ -20,10 +20,14 @@ from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import InputError
 
 
-def train_labels(artifact: Artifact) -> np.ndarray:
-    """The (N, C) labels of a training artifact, with clear errors for unusable data."""
+def train_labels(artifact: Artifact, batch_size: int | None = None) -> np.ndarray:
+    """The (N, C) labels of a training artifact, with clear errors for unusable data (with
+    ``batch_size``: fewer patches than one batch, which the loop's ``drop_last`` would skip)."""
     if len(artifact) == 0:
         raise InputError(artifact.path, "holds no patches; expected a non-empty training set")
+    if batch_size is not None and len(artifact) < batch_size:
+        raise InputError(artifact.path, f"holds {len(artifact)} patches, fewer than the batch "
+                         f"size {batch_size}; lower --batch-size")
     if not artifact.has_labels:
         raise InputError(artifact.path, "has no 'labels' dataset; expected patch-level labels "
                          "(import labelled patches with `histoseg tile`)")

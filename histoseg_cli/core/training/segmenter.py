@@ -97,15 +97,12 @@ class SegmenterTask(TrainTask):
     def check_data(self, sources: DataSources) -> DataSources:
         cfg = self.config
         with Artifact(sources.train) as train:
-            train_labels(train)
+            train_labels(train, cfg.batch_size)
             names, size = train.class_names, train.meta.patch_size
             self._meta = train.meta
             if cfg.masks and not train.has_masks:
                 raise InputError(sources.train, "has no 'masks' dataset; --masks trains on "
                                  "ground-truth masks (tile images with --masks to keep them)")
-            if len(train) < cfg.batch_size:
-                raise InputError(sources.train, f"holds {len(train)} patches, fewer than the "
-                                 f"batch size {cfg.batch_size}; lower --batch-size")
         if size % cfg.output_stride:
             raise InputError(sources.train, f"patch size {size} is not divisible by the "
                              f"encoder's output stride {cfg.output_stride}; tile with a "
