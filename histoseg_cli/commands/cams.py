@@ -9,7 +9,6 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.core.cams.background import BACKGROUND_RULES
 from histoseg_cli.core.device import DEVICE_CHOICES
 from histoseg_cli.core.errors import InputError
 
@@ -33,8 +32,9 @@ def cams(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
                                             help="Patches per forward pass.")] = 8,
     background: Annotated[str | None, typer.Option(
-        "--background", help=f"Background rule: {'|'.join(BACKGROUND_RULES)} \\[default: the "
-        "one DATA or the classifier records, else none].", rich_help_panel=MASKS)] = None,
+        "--background", help="Background rule: white (bright pixels are glass) or none "
+        "\\[default: the one DATA or the classifier records, else none].",
+        rich_help_panel=MASKS)] = None,
     white_threshold: Annotated[float, typer.Option(
         "--white-threshold", min=0, max=255, help="Grey value above which a pixel is white "
         "(--background white).", rich_help_panel=MASKS)] = 200.0,

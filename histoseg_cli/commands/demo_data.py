@@ -9,7 +9,6 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.core.data.demo import DemoConfig, write_demo_dataset
 
 
 @command(app, "demo-data", panel="Data")
@@ -30,6 +29,8 @@ def demo_data(
 
     [b]Example[/b]:  histoseg demo-data demo && histoseg tile demo --dataset luad -o demo-h5/
     """
+    from histoseg_cli.core.data.demo import DemoConfig, write_demo_dataset  # numpy, scipy
+
     config = DemoConfig(patch_size=patch_size, train=train, val=val, test=test, seed=seed)
     counts = write_demo_dataset(out_dir, config, out.reporter)
     out.result({"output": str(out_dir), "synthetic": True, **counts})

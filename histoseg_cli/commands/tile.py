@@ -9,7 +9,7 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.core.data.datasets import DATASETS
+from histoseg_cli.core.data.layouts import DATASETS
 from histoseg_cli.core.errors import HistosegError
 
 PATCH = "Patches"

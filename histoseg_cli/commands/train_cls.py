@@ -26,7 +26,7 @@ from histoseg_cli.commands.training_options import (
     WeightDecay,
     Workers,
 )
-from histoseg_cli.core.data.datasets import DATASETS
+from histoseg_cli.core.data.layouts import DATASETS
 
 #: Shown in --help without importing torch; tests check it lists every registered backbone.
 BACKBONE_HELP = ("resnet38d (the paper's ResNet-38), resnet18, resnet34, resnet50, resnet101, "

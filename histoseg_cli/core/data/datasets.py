@@ -1,75 +1,18 @@
-"""Registry of the patch-dataset layouts histoseg reads, and detection of a folder's layout.
+"""Finding a dataset folder's splits and detecting which registered layout it has.
 
-A layout says what the class names and colours are and where the splits live: a training
-folder whose file names carry labels, and ``img/`` + ``mask/`` folders for pixel-labelled
-splits. New layouts are added with :func:`register_dataset`, not with if-chains.
+The layouts themselves (class names, colours, split folder names, label style) are registered
+in :mod:`histoseg_cli.core.data.layouts`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import re
-
-import numpy as np
-
+from histoseg_cli.core.data.layouts import DATASETS, DatasetSpec
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.imageio import list_images
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A dataset layout: classes in label order, mask colours, split folder names."""
-
-    name: str
-    description: str
-    class_names: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]  # one row per class, then background
-    train_dirs: tuple[str, ...] = ("train", "training")
-    mask_splits: tuple[str, ...] = ("val", "test")
-    background: str = "white"  # CAM background rule: "white" (grey > 200) or "none"
-    label_pattern: str = ""  # regex the bracketed label of a training file name matches
-    label_example: str = ""  # e.g. "[1 0 0 1]", for messages
-
-    def palette_array(self) -> np.ndarray:
-        return np.array(self.palette, dtype=np.uint8)
-
-
-DATASETS: dict[str, DatasetSpec] = {}
-
-
-def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    DATASETS[spec.name] = spec
-    return spec
-
-
-def get_dataset(name: str) -> DatasetSpec:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise UsageError(f"unknown dataset layout '{name}'; choose one of "
-                         f"{', '.join(sorted(DATASETS))}") from None
-
-
-register_dataset(DatasetSpec(
-    name="luad",
-    description="LUAD-HistoSeg: lung adenocarcinoma, 10x, labels like [1 0 0 1]",
-    class_names=("TE", "NEC", "LYM", "TAS"),
-    palette=((205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0), (255, 255, 255)),
-    background="white",
-    label_pattern=r"\[[01]( [01]){3}\]",
-    label_example="[1 0 0 1]",
-))
-register_dataset(DatasetSpec(
-    name="bcss",
-    description="BCSS-WSSS: breast cancer, labels like [1001]",
-    class_names=("TUM", "STR", "LYM", "NEC"),
-    palette=((255, 0, 0), (0, 255, 0), (0, 0, 255), (153, 0, 255), (255, 255, 255)),
-    background="none",
-    label_pattern=r"\[[01]{4}\]",
-    label_example="[1001]",
-))
 
 
 @dataclass(frozen=True)

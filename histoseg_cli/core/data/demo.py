@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from histoseg_cli.core.atomic import write_text_atomic
-from histoseg_cli.core.data.datasets import get_dataset
+from histoseg_cli.core.data.layouts import get_dataset
 from histoseg_cli.core.imageio import save_palette_png, save_png
 from histoseg_cli.core.progress import SILENT, Reporter
 

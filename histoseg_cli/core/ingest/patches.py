@@ -18,7 +18,8 @@ import numpy as np
 from histoseg_cli.core.data.format import ArtifactMeta
 
 from histoseg_cli.core.data.writer import ArtifactWriter
-from histoseg_cli.core.data.datasets import DatasetSpec, Split
+from histoseg_cli.core.data.datasets import Split
+from histoseg_cli.core.data.layouts import DatasetSpec
 from histoseg_cli.core.errors import InputError
 from histoseg_cli.core.imageio import list_images, read_mask, read_rgb
 from histoseg_cli.core.data.labels import labels_from_masks, parse_label, strip_label

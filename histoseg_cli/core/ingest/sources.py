@@ -11,14 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from histoseg_cli.core.data.datasets import (
-    DatasetSpec,
-    Split,
-    classify_split,
-    detect_dataset,
-    find_splits,
-    get_dataset,
-)
+from histoseg_cli.core.data.datasets import Split, classify_split, detect_dataset, find_splits
+from histoseg_cli.core.data.layouts import DatasetSpec, get_dataset
 from histoseg_cli.core.data.inputs import DataSources
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import InputError, UsageError

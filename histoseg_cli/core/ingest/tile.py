@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from histoseg_cli.core.data.datasets import find_splits, get_dataset
+from histoseg_cli.core.data.datasets import find_splits
+from histoseg_cli.core.data.layouts import get_dataset
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.ingest.patches import TileConfig, tile_masked_images, tile_split
 from histoseg_cli.core.ingest.sources import ARTIFACT_SUFFIXES

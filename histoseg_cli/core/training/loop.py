@@ -31,7 +31,7 @@ from histoseg_cli.core.inference.engine import InferenceEngine, autocast_dtype
 from histoseg_cli.core.models.checkpoint import read_checkpoint, save_checkpoint
 from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.training.data import make_loader
-from histoseg_cli.core.training.distributed import DistContext
+from histoseg_cli.core.distributed import DistContext
 from histoseg_cli.core.training.run_dir import RunDir
 from histoseg_cli.core.training.step import TrainStep
 from histoseg_cli.core.training.task import PrepareSources, TrainTask

@@ -1,8 +1,8 @@
 """Process-group handling: the same code runs alone or under ``torchrun``.
 
-Under torchrun (``WORLD_SIZE`` > 1) each process joins a group (NCCL on GPUs, gloo on CPU) and
-trains a DistributedDataParallel replica on its share of every batch; only rank 0 writes files
-and draws progress bars.
+Under torchrun (``WORLD_SIZE`` > 1) each process joins a group (NCCL on GPUs, gloo on CPU):
+training runs a DistributedDataParallel replica per process, prediction splits its inputs
+across ranks. Only rank 0 writes shared files and draws progress bars.
 """
 
 from __future__ import annotations
@@ -66,6 +66,14 @@ class DistContext:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every process's ``obj`` (picklable), in rank order, on every process."""
+        if not self.distributed:
+            return [obj]
+        parts: list[Any] = [None] * self.world_size
+        dist.all_gather_object(parts, obj)
+        return parts
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
