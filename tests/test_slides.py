@@ -219,6 +219,12 @@ def test_strips_cover_each_tile_once_and_align_with_file_tiles():
     assert (boxes[:, 1] // 1792 == (boxes[:, 3] - 1) // 1792).all()
     assert (boxes[:, 0] // 3584 == (boxes[:, 2] - 1) // 3584).all()
     assert 10 < len(strips) < 40
+    # two tissue pieces with glass between them in one aligned column block: each tile once
+    pieces = origins[(origins[:, 0] // 224 % 10 < 3) | (origins[:, 0] // 224 % 10 > 6)]
+    strips = plan_strips(pieces, grid, path=Path("s.tiff"), level=0, level_downsample=1.0,
+                         scale=2.0, file_tile=(256, 256), strip_height=512)
+    got = np.concatenate([s.tiles for s in strips])
+    assert sorted(map(tuple, got)) == sorted(map(tuple, pieces))
 
 
 @pytest.mark.parametrize("radius", [1, 2.5, 4, 8])

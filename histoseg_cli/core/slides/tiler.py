@@ -87,10 +87,11 @@ def _aligned(count: int, step: float, tile: int | None) -> int:
 def plan_strips(tiles: np.ndarray, grid: Grid, *, path: Path, level: int,
                 level_downsample: float, scale: float,
                 max_region_pixels: int = MAX_REGION_PIXELS,
-                file_tile: tuple[int, int] | None = None) -> list[Strip]:
+                file_tile: tuple[int, int] | None = None,
+                strip_height: int | None = None) -> list[Strip]:
     """Group kept tile origins (grid order) into strips of bounded region size.
 
-    A strip spans up to ``STRIP_HEIGHT`` level pixels of consecutive grid rows and a run of
+    A strip spans up to ``strip_height`` (default ``STRIP_HEIGHT``) level pixels of consecutive grid rows and a run of
     columns; runs break where two or more columns in a row have no kept tile, so glass between
     tissue pieces is not decoded. Given the file's tile size (``file_tile``, level pixels),
     strip sizes are whole numbers of file tiles where the grid allows it.
@@ -100,7 +101,8 @@ def plan_strips(tiles: np.ndarray, grid: Grid, *, path: Path, level: int,
     tile_w, tile_h = file_tile or (None, None)
     side = grid.patch_size * scale  # a tile's side in level pixels
     step = grid.stride * scale
-    rows_per_strip = _aligned(max(1, int((STRIP_HEIGHT - side) // step) + 1), step, tile_h)
+    strip_height = strip_height or STRIP_HEIGHT
+    rows_per_strip = _aligned(max(1, int((strip_height - side) // step) + 1), step, tile_h)
     height = (rows_per_strip - 1) * step + side
     cols_per_strip = _aligned(max(1, int((max_region_pixels / height - side) // step) + 1),
                               step, tile_w)
@@ -113,7 +115,8 @@ def plan_strips(tiles: np.ndarray, grid: Grid, *, path: Path, level: int,
         for run in np.split(used, np.flatnonzero(np.diff(used) > 2) + 1):
             first = int(run[0]) - int(run[0]) % cols_per_strip  # on the aligned column grid
             for c0 in range(first, int(run[-1]) + 1, cols_per_strip):
-                part = sel[(cols[sel] >= c0) & (cols[sel] < c0 + cols_per_strip)]
+                lo, hi = max(c0, int(run[0])), min(c0 + cols_per_strip, int(run[-1]) + 1)
+                part = sel[(cols[sel] >= lo) & (cols[sel] < hi)]  # this run's tiles only
                 if len(part):
                     strips.append(Strip(path, level, level_downsample, scale, tiles[part],
                                         grid.patch_size))
