@@ -7,8 +7,11 @@ output goes through a temporary name in the same directory (same file system, so
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,3 +45,16 @@ def write_bytes_atomic(target: str | Path, data: bytes) -> Path:
 def write_text_atomic(target: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``target`` atomically."""
     return write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def write_csv_atomic(target: str | Path, fields: Sequence[str],
+                     rows: Iterable[Mapping[str, object]]) -> Path:
+    """Write ``rows`` as CSV with a header of ``fields`` to ``target`` atomically; None and
+    NaN become empty cells."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                         for k, v in row.items()})
+    return write_text_atomic(target, buffer.getvalue())

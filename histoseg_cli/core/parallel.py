@@ -1,4 +1,4 @@
-"""Bounded, ordered parallel map: the read-ahead every import and tiling loop needs."""
+"""Bounded, ordered parallel map: the read-ahead every import, tiling and prediction loop needs."""
 
 from __future__ import annotations
 
@@ -11,20 +11,29 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def ordered_futures(pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int
+                    ) -> Iterator[Future[R]]:
+    """Futures of ``fn`` over ``items`` in ``pool``, in input order, each yielded once the next
+    ``ahead - 1`` items are submitted too (so they run while the consumer works on it). The
+    consumer calls ``.result()``: a failing item raises there, and the others go on."""
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= max(1, ahead):
+                yield pending.popleft()
+        while pending:
+            yield pending.popleft()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 def ordered_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int
                 ) -> Iterator[R]:
     """``fn`` over ``items`` in ``pool``, results in input order, at most ``ahead`` in flight.
 
     Unlike ``Executor.map``, which submits everything at once, memory stays bounded when the
     consumer (e.g. a compressing writer) is slower than the workers."""
-    pending: deque[Future[R]] = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= max(1, ahead):
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
+    for future in ordered_futures(pool, fn, items, ahead):
+        yield future.result()

@@ -8,11 +8,10 @@ interrupted.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +19,11 @@ from pathlib import Path
 from rich.table import Table
 
 from histoseg_cli.core.data.reader import Artifact
-from histoseg_cli.core.atomic import write_text_atomic
+from histoseg_cli.core.atomic import write_csv_atomic
 from histoseg_cli.core.errors import HistosegError, InputError
 from histoseg_cli.core.progress import SILENT, Reporter
-from histoseg_cli.core.slides.extract import SlideConfig, SlideResult, tile_slide
+from histoseg_cli.core.parallel import ordered_futures
+from histoseg_cli.core.slides.extract import SlideConfig, SlideResult, prepare_slide, tile_slide
 from histoseg_cli.core.slides.reader import SLIDE_SUFFIXES
 from histoseg_cli.core.slides.tiler import StripReader
 
@@ -143,12 +143,7 @@ def is_complete(artifact: Path) -> int | None:
 
 
 def write_manifest(path: Path, outcomes: Iterable[SlideOutcome]) -> Path:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for outcome in outcomes:
-        writer.writerow(outcome.row())
-    return write_text_atomic(path, buffer.getvalue())
+    return write_csv_atomic(path, MANIFEST_FIELDS, (o.row() for o in outcomes))
 
 
 def _describe_failure(slide: Path, err: BaseException) -> str:
@@ -173,28 +168,37 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
         targets = output_paths(slides, source, out_dir)
     manifest = out_dir / MANIFEST
     out_dir.mkdir(parents=True, exist_ok=True)
-    outcomes: list[SlideOutcome] = []
-    with StripReader(workers) as strips, reporter.bar("tiling", unit="tiles") as bar:
+    done: dict[int, SlideOutcome] = {}  # by slide index, so the manifest keeps slide order
+    todo = []
+    for i, (slide, (artifact, preview)) in enumerate(zip(slides, targets)):
+        existing = None if overwrite else is_complete(artifact)
+        if existing is None:
+            todo.append(i)
+        else:
+            done[i] = SlideOutcome(slide, "skipped", artifact, preview, existing)
+            log.info("%s: complete output %s, skipped (--overwrite redoes it)", slide.name,
+                     artifact)
+    outcomes = lambda: [done[k] for k in sorted(done)]  # noqa: E731
+    with StripReader(workers) as strips, reporter.bar("tiling", unit="tiles") as bar, \
+            ThreadPoolExecutor(1) as preparing:
         strips.start()
-        overall = bar.add_task(f"all slides (0/{len(slides)})", total=None)
-        for i, (slide, (artifact, preview)) in enumerate(zip(slides, targets)):
-            bar.update(overall, description=f"all slides ({i}/{len(slides)})")
-            existing = None if overwrite else is_complete(artifact)
-            if existing is not None:
-                outcomes.append(SlideOutcome(slide, "skipped", artifact, preview, existing))
-                log.info("%s: complete output %s, skipped (--overwrite redoes it)", slide.name,
-                         artifact)
-                continue
+        overall = bar.add_task(f"all slides ({len(done)}/{len(slides)})", total=None)
+        # the next slide is opened and planned (thumbnail, tissue) while this one is tiled
+        prepared = ordered_futures(preparing, lambda i: prepare_slide(slides[i], config),
+                                   todo, ahead=2)
+        for i, future in zip(todo, prepared):
+            slide, (artifact, preview) = slides[i], targets[i]
             task = bar.add_task(slide.name, total=None)
             seen = [0]
 
-            def advance(done: int, total: int, task: int = task, seen: list[int] = seen) -> None:
-                bar.update(task, total=total, completed=done)
-                bar.advance(overall, done - seen[0])
-                seen[0] = done
+            def advance(n: int, total: int, task: int = task, seen: list[int] = seen) -> None:
+                bar.update(task, total=total, completed=n)
+                bar.advance(overall, n - seen[0])
+                seen[0] = n
 
             try:
-                result = tile_slide(slide, artifact, preview, config, strips, advance)
+                result = tile_slide(future.result(), artifact, preview, config, strips,
+                                    advance)
             except KeyboardInterrupt:
                 raise
             except Exception as err:  # noqa: BLE001 - one bad slide must not stop the others
@@ -203,21 +207,22 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
                 message = _describe_failure(slide, err)
                 log.error("%s", message)
                 log.debug("details", exc_info=True)
-                outcomes.append(SlideOutcome(slide, "failed", artifact, preview, error=message))
+                done[i] = SlideOutcome(slide, "failed", artifact, preview, error=message)
             else:
-                outcomes.append(SlideOutcome(slide, "done", artifact, preview, result.patches,
-                                             result=result))
+                done[i] = SlideOutcome(slide, "done", artifact, preview, result.patches,
+                                       result=result)
                 log.info("%s: %d patches in %.1f s (%.0f tiles/s)", slide.name, result.patches,
                          result.seconds, result.tiles_per_s)
             finally:
                 bar.remove_task(task)
-            write_manifest(manifest, outcomes)
+            bar.update(overall, description=f"all slides ({len(done)}/{len(slides)})")
+            write_manifest(manifest, outcomes())
         tiles = next(t.completed for t in bar.tasks if t.id == overall)
         bar.update(overall, description=f"all slides ({len(slides)}/{len(slides)})",
                    total=tiles)
-    write_manifest(manifest, outcomes)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    summary = BatchSummary(outcomes, manifest, time.perf_counter() - start, counts)
+    write_manifest(manifest, outcomes())
+    counts = {s: sum(o.status == s for o in done.values()) for s in ("done", "skipped", "failed")}
+    summary = BatchSummary(outcomes(), manifest, time.perf_counter() - start, counts)
     if reporter.enabled:
         reporter.console.print(summary_table(summary))
     return summary

@@ -148,20 +148,52 @@ def plan_tiles(reader: SlideReader, config: SlideConfig) -> TilePlan:
     return TilePlan(res, grid, thumbnail, mask, scale, origins[keep])
 
 
-def tile_slide(path: Path, output: Path, preview_path: Path, config: SlideConfig,
-               strips: StripReader, progress: Progress | None = None) -> SlideResult:
-    """Tile one slide into ``output`` (artifact) and ``preview_path`` (PNG)."""
+@dataclass
+class PreparedSlide:
+    """An open slide with its tile plan (and preview image): the work before any tile is read,
+    done ahead (in a thread) while the previous slide is being tiled."""
+
+    path: Path
+    reader: SlideReader
+    plan: TilePlan
+    preview: np.ndarray | None
+    seconds: float
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def prepare_slide(path: Path, config: SlideConfig, preview: bool = True) -> PreparedSlide:
+    """Open ``path``, plan its tiles, render its preview; an ``InputError`` when no tile has
+    enough tissue."""
     start = time.perf_counter()
-    with SlideReader(path) as reader:
+    reader = SlideReader(path)
+    try:
         plan = plan_tiles(reader, config)
-        res, grid, mask, tiles = plan.resolution, plan.grid, plan.tissue, plan.tiles
-        preview = render_preview(plan.thumbnail, mask, plan.coords, plan.tile_size_level0,
-                                 plan.thumbnail_scale)
-        n_grid = len(grid.origins())
-        if len(tiles) == 0:
+        if len(plan.tiles) == 0:
+            n_grid = len(plan.grid.origins())
             raise InputError(path, f"no tissue found: none of the {n_grid} grid tiles has "
-                             f"{config.min_tissue:.0%} tissue (tissue is {mask.fraction:.1%} of "
-                             "the thumbnail); lower --min-tissue or check the slide")
+                             f"{config.min_tissue:.0%} tissue (tissue is "
+                             f"{plan.tissue.fraction:.1%} of the thumbnail); lower "
+                             "--min-tissue or check the slide")
+        image = (render_preview(plan.thumbnail, plan.tissue, plan.coords,
+                                plan.tile_size_level0, plan.thumbnail_scale)
+                 if preview else None)
+    except BaseException:
+        reader.close()
+        raise
+    return PreparedSlide(path, reader, plan, image, time.perf_counter() - start)
+
+
+def tile_slide(slide: PreparedSlide, output: Path, preview_path: Path, config: SlideConfig,
+               strips: StripReader, progress: Progress | None = None) -> SlideResult:
+    """Tile one prepared slide into ``output`` (artifact) and ``preview_path`` (PNG); the
+    slide is closed afterwards."""
+    start = time.perf_counter() - slide.seconds
+    path, reader, plan = slide.path, slide.reader, slide.plan
+    with reader:
+        res, grid, mask, tiles = plan.resolution, plan.grid, plan.tissue, plan.tiles
+        n_grid = len(grid.origins())
         log.debug("%s: level %d (downsample %.3f), %d of %d tiles with tissue", path.name,
                   res.level, res.level_downsample, len(tiles), n_grid)
         meta = ArtifactMeta(
@@ -197,6 +229,6 @@ def tile_slide(path: Path, output: Path, preview_path: Path, config: SlideConfig
                     progress(done, len(tiles))
             stream_seconds = time.perf_counter() - streaming
             writer.set_attrs("coords", **_coords_attrs(stem, config, res, reader, grid))
-            save_png(preview_path, preview)
+            save_png(preview_path, slide.preview)
     return SlideResult(path, output, preview_path, len(tiles), n_grid, res, mask.fraction,
                        time.perf_counter() - start, stream_seconds)
