@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import run_tree  # noqa: E402
 
 
 NAIVE = r"""
@@ -56,51 +56,6 @@ ext = SlidingWindowPatchExtractor(reader, patch_size=(int(sys.argv[2]),) * 2,
 n = sum(1 for _ in ext)
 print(json.dumps({"seconds": time.perf_counter() - t, "tiles": n}))
 """
-
-
-class TreePeak:
-    """Peak RSS of a process tree, sampled from /proc (children and grandchildren included)."""
-
-    @staticmethod
-    def sample(root: int) -> float:
-        total = 0
-        pids = [root]
-        while pids:
-            pid = pids.pop()
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    for line in f:
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1])
-                with open(f"/proc/{pid}/task/{pid}/children") as f:
-                    pids.extend(int(p) for p in f.read().split())
-            except (FileNotFoundError, ProcessLookupError, ValueError):
-                continue
-        return total / 1024
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def run_tree(cmd: list[str]) -> tuple[float, float, str, float]:
-    """Wall seconds, peak summed RSS (MB) over the process tree, stdout and CPU seconds."""
-    cpu = _children_cpu()
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-        peak = 0.0
-        while proc.poll() is None:
-            peak = max(peak, TreePeak.sample(proc.pid))
-            time.sleep(0.05)
-        seconds = time.perf_counter() - start
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode != 0:
-            raise SystemExit(f"command failed: {' '.join(cmd)}\n{err.read()}")
-        return seconds, peak, out.read(), _children_cpu() - cpu
 
 
 def main() -> None:

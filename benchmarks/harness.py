@@ -1,16 +1,21 @@
-"""What the training benchmarks share: the machine's name, a timed loop, and running each mode
-in its own process so peak memory is measured cleanly."""
+"""What the benchmarks share: the machine's name, a timed loop, running each mode in its own
+process so peak memory is measured cleanly, and timing a whole command with the peak memory
+of its process tree."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine(device: str) -> str:
@@ -91,3 +96,48 @@ def report(title: str, results: list[dict[str, object]], as_json: bool,
               f"{r['precision']}, channels_last={r['channels_last']}")
     if "speedup" in summary:
         print(f"  speed-up default / reference: {summary['speedup']}x")
+
+
+class TreePeak:
+    """Peak RSS of a process tree, sampled from /proc (children and grandchildren included)."""
+
+    @staticmethod
+    def sample(root: int) -> float:
+        total = 0
+        pids = [root]
+        while pids:
+            pid = pids.pop()
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    pids.extend(int(p) for p in f.read().split())
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                continue
+        return total / 1024
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_tree(cmd: list[str]) -> tuple[float, float, str, float]:
+    """Wall seconds, peak summed RSS (MB) over the process tree, stdout and CPU seconds."""
+    cpu = _children_cpu()
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        peak = 0.0
+        while proc.poll() is None:
+            peak = max(peak, TreePeak.sample(proc.pid))
+            time.sleep(0.05)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"command failed: {' '.join(cmd)}\n{err.read()}")
+        return seconds, peak, out.read(), _children_cpu() - cpu

@@ -28,17 +28,33 @@ histoseg cams "$ckpt" "$work/artifacts/val.h5" -o "$work/pseudo/val.h5" --json -
 seg=$(histoseg train-seg "$work/artifacts/train.h5" "$work/pseudo/train.h5" \
     --val "$work/artifacts/val.h5" -o "$work/seg" --encoder resnet18 --epochs 4 --quiet)
 
+# 6. Classification-gated prediction on the held-out test split (gate: the stage-1
+#    classifier): a predictions artifact, and full-size label PNGs + colour overlays for the
+#    test images as a folder of images.
+histoseg predict "$seg" "$work/artifacts/test.h5" -o "$work/pred/test.h5" --classifier "$ckpt" \
+    --quiet > /dev/null
+histoseg predict "$seg" "$work/data/test/img" -o "$work/pred/test-png" --classifier "$ckpt" \
+    --quiet > /dev/null
+
+# 7. Scores against the test masks: JSON + confusion-matrix PNG + per-image CSV, and the same
+#    from the label PNGs against the mask PNGs (matched by file name).
+histoseg eval "$work/pred/test.h5" "$work/artifacts/test.h5" -o "$work/eval/test.json" \
+    --quiet > /dev/null
+histoseg eval "$work/pred/test-png" "$work/data/test/mask" --json --quiet \
+    > "$work/eval/test-png.json"
+
 echo "classifier:   $ckpt" >&2
 echo "pseudo masks: $work/pseudo/train.h5 (gallery: $work/pseudo/train.gallery.png)" >&2
 echo "segmenter:    $seg (samples: $work/seg/samples/)" >&2
-python3 - "$work/pseudo/val-metrics.json" "$work/seg/metrics.jsonl" >&2 <<'PY'
+echo "predictions:  $work/pred/test.h5, $work/pred/test-png/ (overlays/)" >&2
+echo "evaluation:   $work/eval/test.json (+ test.confusion.png, test.per-image.csv)" >&2
+python3 - "$work/pseudo/val-metrics.json" "$work/eval/test.json" >&2 <<'PY'
 import json, sys
 metrics = json.load(open(sys.argv[1]))["metrics"]
 print("pseudo-mask mIoU on val (synthetic data):",
       ", ".join(f"{layer} {m['miou']:.3f}" for layer, m in metrics.items()))
-rows = [json.loads(line) for line in open(sys.argv[2])]
-best = max(rows, key=lambda r: r["val"]["miou"] or 0)["val"]
-print(f"segmenter on val (best epoch, synthetic data): mIoU {best['miou']:.3f}  "
-      f"FwIoU {best['fwiou']:.3f}  ACC {best['accuracy']:.3f}")
-print("  IoU per class:", ", ".join(f"{k} {v:.3f}" for k, v in best["iou"].items() if v is not None))
+final = json.load(open(sys.argv[2]))
+print(f"gated segmenter on test (synthetic data): mIoU {final['miou']:.3f}  "
+      f"FwIoU {final['fwiou']:.3f}  ACC {final['accuracy']:.3f}")
+print("  IoU per class:", ", ".join(f"{k} {v:.3f}" for k, v in final["iou"].items() if v is not None))
 PY

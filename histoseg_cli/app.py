@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "histoseg_cli.commands.train_cls",
     "histoseg_cli.commands.cams",
     "histoseg_cli.commands.train_seg",
+    "histoseg_cli.commands.predict",
+    "histoseg_cli.commands.eval",
 )
 
 app = typer.Typer(

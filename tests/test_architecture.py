@@ -25,13 +25,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "histoseg_cli"
 
 #: Layers from bottom to top; a module may import its own layer and the ones below.
 LAYERS = [
-    {"errors", "atomic", "progress", "parallel", "device", "figures", "imageio", "morphology"},
+    {"errors", "atomic", "progress", "parallel", "device", "distributed", "figures", "imageio",
+     "morphology"},
     {"data"},
     {"metrics", "slides"},
     {"models"},
     {"inference"},
-    {"ingest", "training", "cams"},
+    {"ingest", "training", "cams", "predict"},
 ]
+#: The pipeline stages on the top layer: none imports another.
+STAGES = ("ingest", "training", "cams", "predict")
 
 
 def _layer(name: str) -> int:
@@ -65,8 +68,7 @@ def test_core_layers_import_only_downwards():
                 continue
             if len(parts) < 3:
                 continue
-            if own in ("ingest", "training", "cams") and parts[2] in ("ingest", "training",
-                                                                       "cams") and parts[2] != own:
+            if own in STAGES and parts[2] in STAGES and parts[2] != own:
                 bad.append(f"{rel} imports {module} (sibling stage)")
             elif _layer(parts[2]) > _layer(own):
                 bad.append(f"{rel} imports {module} (a higher layer)")
@@ -164,3 +166,16 @@ def test_engine_normalises_and_runs_eval_mode():
     rows = list(engine.map(lambda b: patches[b[0]:b[1]], 3, batch_size=2))
     assert [(s, e) for s, e, _ in rows] == [(0, 2), (2, 3)]
     torch.testing.assert_close(torch.cat([o for *_, o in rows]), out)
+
+
+def test_the_command_line_starts_without_heavy_modules():
+    """``histoseg --help`` must answer fast: building the app imports no numerical stack."""
+    import subprocess
+    import sys
+
+    code = ("import sys, histoseg_cli.app; heavy = ('torch', 'numpy', 'scipy', 'openslide', "
+            "'matplotlib', 'segmentation_models_pytorch', 'h5py', 'PIL'); "
+            "print(','.join(m for m in heavy if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == ""

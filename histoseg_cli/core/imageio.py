@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from histoseg_cli.core.atomic import write_bytes_atomic
 from histoseg_cli.core.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: PNG text key of label PNGs holding their class names (a JSON list).
+CLASSES_KEY = "histoseg:classes"
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -48,18 +51,46 @@ def read_mask(path: Path) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-def save_png(path: Path, image: np.ndarray | Image.Image) -> Path:
-    """Write an RGB (H, W, 3) uint8 array or a PIL image as PNG, atomically."""
+def save_png(path: Path, image: np.ndarray | Image.Image,
+             text: dict[str, str] | None = None) -> Path:
+    """Write an RGB (H, W, 3) uint8 array or a PIL image as PNG (with optional text chunks),
+    atomically."""
     im = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
     buffer = io.BytesIO()
-    im.save(buffer, format="PNG")
+    im.save(buffer, format="PNG", pnginfo=info)
     return write_bytes_atomic(path, buffer.getvalue())
 
 
-def save_palette_png(path: Path, mask: np.ndarray, palette: np.ndarray) -> Path:
+def save_palette_png(path: Path, mask: np.ndarray, palette: np.ndarray,
+                     text: dict[str, str] | None = None) -> Path:
     """Write class indices as a palette PNG (colours from ``palette`` rows), atomically."""
     im = Image.fromarray(mask.astype(np.uint8), mode="P")
     flat = np.zeros((256, 3), dtype=np.uint8)
-    flat[: len(palette)] = palette
+    flat[: len(palette)] = palette[:256]
     im.putpalette(flat.flatten().tolist())
-    return save_png(path, im)
+    return save_png(path, im, text)
+
+
+def save_label_png(path: Path, labels: np.ndarray, palette: np.ndarray,
+                   class_names: list[str]) -> Path:
+    """Labels (background = C) as a palette PNG that names its classes, atomically."""
+    return save_palette_png(path, labels, palette, {CLASSES_KEY: json.dumps(list(class_names))})
+
+
+def read_label_classes(path: Path) -> list[str] | None:
+    """The class names a label PNG records (written by :func:`save_label_png`), else None."""
+    try:
+        with Image.open(path) as im:
+            text = im.info.get(CLASSES_KEY)
+    except (UnidentifiedImageError, OSError):
+        return None
+    try:
+        names = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None

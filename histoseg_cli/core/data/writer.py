@@ -225,6 +225,17 @@ class ArtifactWriter:
         stop = self.rows_done if stop is None else min(stop, self.rows_done)
         return self._file[name][start:stop]
 
+    def create_array(self, path: str, shape: tuple[int, ...], dtype: str,
+                     chunks: tuple[int, ...]) -> h5py.Dataset:
+        """A dataset that is not one row per patch (e.g. a slide's stitched label map), inside
+        a group (``"slide/labels"``) so the per-row checks of readers skip it; gzip-compressed
+        chunks, written piece by piece by the caller before ``close``."""
+        if "/" not in path.strip("/"):
+            raise ValueError(f"{path}: whole-file arrays live in a group ('group/name')")
+        chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape))
+        return self._file.create_dataset(path, shape=shape, dtype=dtype, chunks=chunks,
+                                         compression="gzip", compression_opts=1)
+
     def set_attrs(self, dataset: str, **attrs: Any) -> None:
         """Attach attributes to one dataset (e.g. CLAM-compatible ``coords`` attributes)."""
         for key, value in attrs.items():

@@ -40,13 +40,13 @@ class InferenceEngine:
     """A network in eval mode with its input normalisation, device and precision."""
 
     model: nn.Module
-    norm: InputNorm
+    norm: InputNorm | None  # None: the model normalises inside (takes values in [0, 255])
     device: torch.device
     dtype: torch.dtype | None = None  # autocast dtype; None = fp32
     channels_last: bool = False
 
     @classmethod
-    def for_model(cls, model: nn.Module, norm: InputNorm, device: torch.device,
+    def for_model(cls, model: nn.Module, norm: InputNorm | None, device: torch.device,
                   precision: str = "auto", channels_last: bool | None = None
                   ) -> InferenceEngine:
         """An engine around ``model`` (moved to ``device``); channels_last on CUDA only by
@@ -89,11 +89,12 @@ class InferenceEngine:
         return _to_float(out)
 
     def map(self, read: Callable[[tuple[int, int]], np.ndarray], total: int,
-            batch_size: int, ahead: int = 2) -> Iterator[tuple[int, int, Any]]:
-        """``(start, stop, output)`` for rows ``[0, total)`` in batches; ``read(bounds)``
+            batch_size: int, ahead: int = 2, start: int = 0
+            ) -> Iterator[tuple[int, int, Any]]:
+        """``(start, stop, output)`` for rows ``[start, total)`` in batches; ``read(bounds)``
         returns the uint8 batch and runs in a thread ahead of the network (decoding overlaps
         compute). On CUDA each batch is copied through pinned memory."""
-        bounds = [(s, min(s + batch_size, total)) for s in range(0, total, batch_size)]
+        bounds = [(s, min(s + batch_size, total)) for s in range(start, total, batch_size)]
         pin = self.device.type == "cuda"
 
         def load(b: tuple[int, int]) -> torch.Tensor:

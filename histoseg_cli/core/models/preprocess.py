@@ -56,14 +56,16 @@ class InputNorm:
         return x
 
 
-def to_input(patches: torch.Tensor, device: torch.device, norm: InputNorm,
+def to_input(patches: torch.Tensor, device: torch.device, norm: InputNorm | None,
              channels_last: bool = False,
              augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """uint8 (B, H, W, 3) patches -> normalised float (B, 3, H, W) on ``device``: the uint8
     copy (4x fewer bytes than float) is the only transfer, augmentation runs on the device.
-    Training, Grad-CAM and inference all feed the network through here."""
+    Training, Grad-CAM and inference all feed the network through here. ``norm`` None keeps
+    values in [0, 255] (for modules that normalise inside, e.g. the gated segmenter)."""
     x = patches.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
     if augment is not None:
         x = augment(x)
     memory = torch.channels_last if channels_last else torch.contiguous_format
-    return norm(x).contiguous(memory_format=memory)
+    x = x if norm is None else norm(x)
+    return x.contiguous(memory_format=memory)

@@ -1,0 +1,208 @@
+"""Benchmark ``predict``: gated patches/s vs the reference-style pipeline, and whole slides.
+
+Patches (in-process, same random weights and inputs for every method; speed does not depend
+on the weights):
+
+* ours: ``predict``'s Predictor (checkpoints loaded as the command loads them; the gated
+  segmenter with the stage-1 classifier as gate in the inference engine), batched, channels
+  last, per --precision ("auto": bf16 autocast on CUDA, fp32 on CPU), labels to the host;
+* ours, gate head: the same with the segmenter's own gate head instead of a classifier;
+* reference-style: separate classifier and segmenter, fp32 eager, batch 1, the segmenter run
+  once for the mask and the classifier once for the gate, gating applied on the host.
+
+The label agreement of ours and the reference on the patches both ran is printed (fp32 on CPU:
+expect 100%).
+
+Slides (``--slide``): the whole ``histoseg predict SEG slide -o OUT`` command on the 20k px
+pyramidal TIFF of the tile benchmark (built once, cached), in a fresh process: tiles/s with
+reading included, start-up included, and the peak RSS of the process tree (workers included).
+``--large W,H`` runs the same on a synthetic slide of that size (at ``--large-mpp``) for the
+peak RSS: the stitched map is written band by band, so memory follows the map's width, not
+its area.
+
+    PYTHONPATH=. python benchmarks/bench_predict.py --encoder resnet18 --width 0.25 --patches 32
+    PYTHONPATH=. python benchmarks/bench_predict.py --encoder resnet101 --patches 64 --device cuda
+    PYTHONPATH=. python benchmarks/bench_predict.py --patches 0 --slide --large 100000,80000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import machine, run_tree  # noqa: E402
+from histoseg_cli.core.device import resolve_device  # noqa: E402
+from histoseg_cli.core.models.checkpoint import load_model, save_checkpoint  # noqa: E402
+from histoseg_cli.core.models.classifier import ClassifierInfo, build_classifier  # noqa: E402
+from histoseg_cli.core.models.preprocess import InputNorm  # noqa: E402
+from histoseg_cli.core.models.segmenter import SegmenterInfo, build_segmenter  # noqa: E402
+from histoseg_cli.core.predict.predictor import PredictConfig, Predictor  # noqa: E402
+
+CLASSES = ["TE", "NEC", "LYM", "TAS"]
+THRESHOLD = 0.1
+
+
+def build(args: argparse.Namespace, gate_head: bool = False):  # noqa: ANN201
+    torch.manual_seed(0)
+    cinfo = ClassifierInfo(class_names=CLASSES, patch_size=args.size, backbone="resnet38d",
+                           backbone_kwargs={"width": args.width} if args.width != 1 else {})
+    sinfo = SegmenterInfo(class_names=CLASSES, patch_size=args.size, mpp=1.0,
+                          encoder=args.encoder, gate_head=gate_head)
+    return (build_classifier(cinfo).eval(), cinfo), (build_segmenter(sinfo).eval(), sinfo)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reference(classifier, segmenter, patches: np.ndarray, device: torch.device) -> np.ndarray:  # noqa: ANN001
+    """Batch 1, fp32 eager, two networks, gating on the host."""
+    seg_norm, cls_norm = InputNorm.from_spec("imagenet"), InputNorm()
+    out = []
+    with torch.no_grad():
+        for patch in patches:
+            x = torch.from_numpy(patch).permute(2, 0, 1)[None].float().to(device)
+            logits = segmenter(seg_norm(x))["masks"][0].cpu().numpy()
+            gate = torch.sigmoid(classifier(cls_norm(x)))[0].cpu().numpy()
+            on = gate > THRESHOLD
+            if on.any():
+                logits = np.where(on[:, None, None], logits, -np.inf)
+            out.append(logits.argmax(0).astype(np.uint8))
+    return np.stack(out)
+
+
+def ours(predictor: Predictor, patches: np.ndarray) -> np.ndarray:
+    out = []
+    batch = predictor.config.batch_size
+    for s in range(0, len(patches), batch):
+        out.append(predictor(patches[s:s + batch]).labels.cpu())
+    return torch.cat(out).numpy()
+
+
+def checkpoints(args: argparse.Namespace) -> dict[str, Path]:
+    """Random-weight checkpoints of the configuration, saved once into the cache."""
+    (classifier, cinfo), (segmenter, sinfo) = build(args)
+    _, (head, hinfo) = build(args, gate_head=True)
+    tag = f"{args.encoder}-{args.width}-{args.size}"
+    return {"cls": save_checkpoint(args.cache / f"cls-{tag}.pt", classifier, cinfo),
+            "seg": save_checkpoint(args.cache / f"seg-{tag}.pt", segmenter, sinfo),
+            "head": save_checkpoint(args.cache / f"head-{tag}.pt", head, hinfo)}
+
+
+def bench_patches(args: argparse.Namespace, device: torch.device) -> None:
+    files = checkpoints(args)
+    methods = {}
+    for precision in args.precision.split(","):
+        config = PredictConfig(batch_size=args.batch, precision=precision)
+        methods[f"ours ({precision}, classifier gate)"] = Predictor.load(
+            files["seg"], files["cls"], device, config)
+        methods[f"ours ({precision}, gate head)"] = Predictor.load(
+            files["head"], None, device, config)
+    classifier = load_model(files["cls"], device, task="classifier").model
+    segmenter = load_model(files["seg"], device, task="segmenter").model
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 256, (args.patches, args.size, args.size, 3), dtype=np.uint8)
+    ref_patches = patches[:args.reference_patches]
+    for predictor in methods.values():
+        ours(predictor, patches[:args.batch])  # warm-up
+    reference(classifier, segmenter, ref_patches[:1], device)
+    runs = {name: ((lambda p=p: ours(p, patches)), len(patches)) for name, p in methods.items()}
+    runs["reference"] = (lambda: reference(classifier, segmenter, ref_patches, device),
+                         len(ref_patches))
+    best = {name: np.inf for name in runs}
+    labels: dict[str, np.ndarray] = {}
+    for _ in range(args.repeats):  # interleaved, best of N: the machine may be shared
+        for name, (fn, n) in runs.items():
+            sync(device)
+            t = time.perf_counter()
+            labels[name] = fn()
+            sync(device)
+            best[name] = min(best[name], (time.perf_counter() - t) / n)
+    print(f"patches: resnet38d (width {args.width}) gate + DeepLabV3+ {args.encoder}, "
+          f"{args.size} px, batch {args.batch}, on {machine(str(device))}")
+    for name, seconds in best.items():
+        print(f"  {name:34s} {1 / seconds:9.2f} patches/s  "
+              f"({best['reference'] / seconds:.2f}x reference)")
+        if name != "reference" and "classifier" in name:
+            agree = (labels[name][:len(ref_patches)] == labels["reference"]).mean()
+            print(f"  {'':34s} label agreement with the reference: {agree:.4%} of pixels")
+
+
+def bench_slide(args: argparse.Namespace, device: str) -> None:
+    from benchmarks.slidegen import build_pyramid_tiff
+
+    cache = args.cache
+    seg = checkpoints(args)["head"]
+    slides = [(cache / "bench-20480-f2.tiff", (20480, 20480), 1.0)]
+    if args.large:
+        w, h = (int(v) for v in args.large.split(","))
+        slides.append((cache / f"bench-large-{w}x{h}.tiff", (w, h), args.large_mpp))
+    if args.skip_20k:
+        slides = slides[1:]
+    for slide, (w, h), mpp in slides:
+        if not slide.exists():
+            t = time.perf_counter()
+            build_pyramid_tiff(slide, w, h, 0.5)
+            print(f"built {slide} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        out = cache / f"pred-{slide.stem}"
+        cmd = [sys.executable, "-m", "histoseg_cli", "predict", str(seg), str(slide), "-o",
+               str(out), "--workers", str(args.workers), "--batch-size", str(args.batch),
+               "--device", device, "--precision", args.precision.split(",")[0], "--mpp", str(mpp),
+               "--overwrite", "--json", "-q"]
+        seconds, peak, stdout, cpu = run_tree(cmd)
+        row = json.loads(stdout)["inputs"][0]
+        with h5py.File(out / f"{slide.stem}.h5") as f:
+            shape = f["slide/labels"].shape
+        print(f"slide {slide.name} ({w}x{h} px at 0.5 mpp -> {mpp:g} mpp, map {shape[1]}x"
+              f"{shape[0]}, {row['tiles']} tiles of "
+              f"{args.size} px, --workers {args.workers}): {row['tiles'] / seconds:.1f} tiles/s "
+              f"whole command ({seconds:.1f} s, start-up included), {row['tiles_per_s']} tiles/s "
+              f"in the slide loop; peak RSS {peak:,.0f} MB (process tree); CPU {cpu:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", default="resnet101", help="segmenter encoder (smp)")
+    parser.add_argument("--width", type=float, default=1.0, help="resnet38d width multiplier")
+    parser.add_argument("--size", type=int, default=224, help="patch side")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--patches", type=int, default=32, help="patches timed for ours")
+    parser.add_argument("--reference-patches", type=int, default=8,
+                        help="patches timed for the reference (it is slow)")
+    parser.add_argument("--precision", default="auto",
+                        help="comma-separated precisions of ours: auto|fp32|bf16")
+    parser.add_argument("--device", default="cpu", help="auto|cpu|cuda")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds; best is kept")
+    parser.add_argument("--slide", action="store_true", help="also time whole slides")
+    parser.add_argument("--large", help="W,H of an extra synthetic slide for peak RSS")
+    parser.add_argument("--large-mpp", type=float, default=1.0,
+                        help="prediction resolution of the --large slide")
+    parser.add_argument("--skip-20k", action="store_true", help="only the --large slide")
+    parser.add_argument("--workers", type=int, default=2, help="slide-reading processes")
+    parser.add_argument("--cache", type=Path,
+                        default=Path(tempfile.gettempdir()) / "histoseg-bench")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    if args.patches:
+        bench_patches(args, device)
+    if args.slide:
+        bench_slide(args, str(device.type))
+
+
+if __name__ == "__main__":
+    main()

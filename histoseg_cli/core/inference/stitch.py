@@ -1,0 +1,142 @@
+"""Sliding windows and band-by-band stitching of their probabilities into one label map.
+
+Images of any size and whole slides are predicted window by window; where windows overlap,
+their (gated) class probabilities are averaged, and each pixel's label is the argmax of that
+average. The stitcher keeps probabilities only for the rows still open (rows some pending
+window covers), on the device that made them, and hands finished rows, as uint8 labels, to the
+caller's sinks: memory follows the width of the map and the height of a band of windows, never
+the size of the whole map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+#: ``sink(y0, labels)`` receives finished rows ``[y0, y0 + len(labels))`` of the map, uint8.
+RowSink = Callable[[int, np.ndarray], None]
+
+
+def window_starts(length: int, window: int, stride: int) -> np.ndarray:
+    """Window origins along one axis covering ``[0, length)``: every ``stride`` pixels, the
+    last one moved back to end exactly at ``length`` (one origin 0 when ``length <= window``)."""
+    if length <= window:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.arange(0, length - window + 1, stride, dtype=np.int64)
+    if starts[-1] + window < length:
+        starts = np.append(starts, length - window)
+    return starts
+
+
+def window_grid(width: int, height: int, window: int, stride: int) -> np.ndarray:
+    """(N, 2) window origins (x, y), row by row, covering a ``width`` x ``height`` image."""
+    xs, ys = np.meshgrid(window_starts(width, window, stride),
+                         window_starts(height, window, stride))
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+class BandStitcher:
+    """Average overlapping window probabilities into a ``height`` x ``width`` label map.
+
+    ``origins`` lists every window that will be added (any order of arrival); a row is
+    finished once no pending window covers it, and is then labelled and passed to each sink.
+    Pixels no window covers get ``background`` (e.g. outside tissue on a slide).
+    """
+
+    def __init__(self, width: int, height: int, num_classes: int, window: int,
+                 origins: np.ndarray, sinks: Sequence[RowSink], device: torch.device,
+                 background: int | None = None) -> None:
+        self.width, self.height, self.window = width, height, window
+        self.num_classes = num_classes
+        self.background = num_classes if background is None else background
+        self.sinks = list(sinks)
+        self.device = device
+        ys, counts = np.unique(np.asarray(origins)[:, 1], return_counts=True)
+        self._pending = dict(zip(ys.tolist(), counts.tolist()))
+        self._top = 0  # first row not yet handed to the sinks
+        self._acc = torch.zeros((num_classes, 0, width), device=device)
+
+    def _grow(self, bottom: int) -> None:
+        rows = self._acc.shape[1]
+        if self._top + rows < bottom:
+            extra = torch.zeros((self.num_classes, bottom - self._top - rows, self.width),
+                                device=self.device)
+            self._acc = torch.cat([self._acc, extra], dim=1)
+
+    def add(self, origins: np.ndarray, probs: torch.Tensor) -> None:
+        """Add windows at ``origins`` (K, 2) (x, y) with probabilities (K, C, P, P)."""
+        w = self.window
+        bottom = min(int(np.max(origins[:, 1])) + w, self.height)
+        self._grow(bottom)
+        for (x, y), p in zip(origins.tolist(), probs):
+            if y < self._top:
+                raise ValueError(f"window at y={y} arrived after row {self._top} was finished")
+            h, wd = min(w, self.height - y), min(w, self.width - x)
+            self._acc[:, y - self._top:y - self._top + h, x:x + wd] += p[:, :h, :wd].to(
+                self._acc.device)
+            self._pending[y] -= 1
+            if self._pending[y] == 0:
+                del self._pending[y]
+        self._flush(min(self._pending, default=self.height))
+
+    def _flush(self, frontier: int) -> None:
+        frontier = min(frontier, self.height)
+        if frontier <= self._top:
+            return
+        n = frontier - self._top
+        band = self._acc[:, :n]
+        if band.shape[1] < n:  # rows no window reached: background
+            band = torch.cat([band, torch.zeros((self.num_classes, n - band.shape[1],
+                                                 self.width), device=self.device)], dim=1)
+        covered = band.sum(dim=0) > 0
+        labels = torch.where(covered, band.argmax(dim=0),
+                             torch.full_like(covered, self.background, dtype=torch.long))
+        rows = labels.to(torch.uint8).cpu().numpy()
+        for sink in self.sinks:
+            sink(self._top, rows)
+        self._acc = self._acc[:, n:].clone()
+        self._top = frontier
+
+    def finish(self) -> None:
+        """Hand over every remaining row (windows never added leave background)."""
+        self._pending.clear()
+        self._flush(self.height)
+
+
+class ArraySink:
+    """Collects finished rows into one (H, W) uint8 array (images: the whole label map)."""
+
+    def __init__(self, width: int, height: int, fill: int) -> None:
+        self.labels = np.full((height, width), fill, dtype=np.uint8)
+
+    def __call__(self, y0: int, rows: np.ndarray) -> None:
+        self.labels[y0:y0 + len(rows)] = rows
+
+
+class DownsampledSink:
+    """Keeps a nearest-neighbour copy of the map at ``(out_w, out_h)`` (overlays, polygons):
+    output pixel (i, j) takes the label of map pixel (floor((j + .5) * sx), floor((i + .5) * sy))."""
+
+    def __init__(self, width: int, height: int, out_w: int, out_h: int, fill: int) -> None:
+        self.labels = np.full((out_h, out_w), fill, dtype=np.uint8)
+        self._cols = np.minimum(((np.arange(out_w) + 0.5) * width / out_w).astype(np.int64),
+                                width - 1)
+        self._rows = np.minimum(((np.arange(out_h) + 0.5) * height / out_h).astype(np.int64),
+                                height - 1)
+
+    def __call__(self, y0: int, rows: np.ndarray) -> None:
+        picked = np.flatnonzero((self._rows >= y0) & (self._rows < y0 + len(rows)))
+        if len(picked):
+            self.labels[picked] = rows[self._rows[picked] - y0][:, self._cols]
+
+
+class CountSink:
+    """Pixels per label over the whole map (label ``num_classes`` = background)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.counts = np.zeros(num_classes + 1, dtype=np.int64)
+
+    def __call__(self, y0: int, rows: np.ndarray) -> None:
+        self.counts += np.bincount(rows.ravel(), minlength=len(self.counts))[:len(self.counts)]

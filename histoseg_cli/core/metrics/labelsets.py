@@ -1,0 +1,109 @@
+"""Sets of label maps to score: an artifact's predictions or masks, or a folder of label PNGs.
+
+Either side of ``eval`` is a :class:`LabelSet`: label maps keyed by name (an artifact's patch
+names, a folder's file stems) plus the class names when the source records them. Reading is
+lazy, one map at a time, so a folder of large images is scored in bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from histoseg_cli.core.data.reader import Artifact
+from histoseg_cli.core.errors import InputError
+from histoseg_cli.core.imageio import read_label_classes, read_mask
+
+LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+#: Datasets an artifact's label maps are read from, in order of preference.
+ARTIFACT_LABELS = ("predictions", "masks")
+
+
+@dataclass
+class LabelSet:
+    """Named label maps from one source."""
+
+    path: Path
+    names: list[str]
+    read: Callable[[str], np.ndarray]
+    class_names: list[str] | None
+    describe: Callable[[str], str]  # where one map comes from, for messages
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _artifact_set(path: Path, prefer: tuple[str, ...]) -> LabelSet:
+    artifact = Artifact(path)
+    dataset = next((d for d in prefer if d in artifact.datasets), None)
+    if dataset is None:
+        raise InputError(path, f"a {artifact.kind} artifact without {' or '.join(prefer)}; "
+                         "expected predictions (from histoseg predict) or ground-truth masks")
+    names = artifact.names()
+    index = {n: i for i, n in enumerate(names)}
+    if len(index) != len(names):
+        raise InputError(path, "has repeated patch names; cannot match them to another set")
+    data = artifact.dataset(dataset)
+    return LabelSet(path, names, lambda name: data[index[name]], artifact.class_names or None,
+                    lambda name: f"{path}[{name}]")
+
+
+def _folder_set(path: Path) -> LabelSet:
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in LABEL_SUFFIXES
+                   and p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise InputError(path, f"holds no label images ({'/'.join(LABEL_SUFFIXES)})")
+    by_stem: dict[str, Path] = {}
+    for f in files:
+        if f.stem in by_stem:
+            raise InputError(f, f"has the same stem as {by_stem[f.stem].name}; label images "
+                             "are matched by stem")
+        by_stem[f.stem] = f
+    classes = read_label_classes(files[0])
+    return LabelSet(path, list(by_stem), lambda name: read_mask(by_stem[name]), classes,
+                    lambda name: str(by_stem[name]))
+
+
+def open_label_set(path: Path, prefer: tuple[str, ...] = ARTIFACT_LABELS) -> LabelSet:
+    """The label maps at ``path``: an artifact (.h5) or a folder of label PNGs."""
+    if not path.exists():
+        raise InputError(path, "no such file or folder (expected a predictions or patches "
+                         "artifact, or a folder of label PNGs)")
+    if path.is_dir():
+        return _folder_set(path)
+    return _artifact_set(path, prefer)
+
+
+def match(pred: LabelSet, truth: LabelSet, shown: int = 3) -> list[str]:
+    """The names both sets hold, in ground-truth order; a clear error when either side has
+    maps the other lacks."""
+    p, t = set(pred.names), set(truth.names)
+    if t - p:
+        first = ", ".join(sorted(t - p)[:shown])
+        raise InputError(pred.path, f"no prediction for {len(t - p)} of the {len(t)} "
+                         f"ground-truth maps in {truth.path} (first: {first})")
+    if p - t:
+        first = ", ".join(sorted(p - t)[:shown])
+        raise InputError(truth.path, f"no ground truth for {len(p - t)} of the {len(p)} "
+                         f"predictions in {pred.path} (first: {first})")
+    return list(truth.names)
+
+
+def resolve_classes(pred: LabelSet, truth: LabelSet, given: list[str] | None) -> list[str]:
+    """The class names: given, else recorded by the sets (which must agree)."""
+    if pred.class_names and truth.class_names and pred.class_names != truth.class_names:
+        raise InputError(pred.path, f"classes {pred.class_names} differ from the ground "
+                         f"truth's {truth.class_names} ({truth.path})")
+    recorded = pred.class_names or truth.class_names
+    if given and recorded and len(given) != len(recorded):
+        raise InputError(pred.path if pred.class_names else truth.path,
+                         f"records {len(recorded)} classes {recorded}; --classes gives "
+                         f"{len(given)}")
+    names = given or recorded
+    if not names:
+        raise InputError(truth.path, "neither side records class names; pass --classes "
+                         "(names in label order)")
+    return list(names)

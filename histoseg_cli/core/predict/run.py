@@ -1,0 +1,265 @@
+"""``histoseg predict`` as one request: what the input is, where outputs go, the folder loop.
+
+Folders of images or slides are resumable (inputs whose outputs are complete are skipped,
+``overwrite`` redoes them), one failing input is reported while the others go on, and a
+manifest CSV lists every input. Under torchrun the inputs are split across ranks: each rank
+writes its own inputs' outputs, rank 0 gathers the outcomes and writes the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+
+from histoseg_cli.core.atomic import write_csv_atomic
+from histoseg_cli.core.distributed import DistContext
+from histoseg_cli.core.errors import HistosegError, InputError, UsageError
+from histoseg_cli.core.imageio import list_images
+from histoseg_cli.core.predict.images import ImageTargets, predict_image_file
+from histoseg_cli.core.predict.inputs import ARTIFACT_SUFFIXES, input_mode, slides_in
+from histoseg_cli.core.predict.patches import predict_artifact
+from histoseg_cli.core.predict.predictor import PredictConfig, Predictor
+from histoseg_cli.core.predict.slides import SlideTargets, predict_slide
+from histoseg_cli.core.progress import SILENT, Reporter
+from histoseg_cli.core.slides.batch import output_paths
+from histoseg_cli.core.parallel import ordered_futures
+from histoseg_cli.core.slides.extract import PreparedSlide, SlideConfig, prepare_slide
+from histoseg_cli.core.slides.resolution import Target
+from histoseg_cli.core.slides.tiler import StripReader
+
+log = logging.getLogger("histoseg")
+
+MANIFEST = "manifest.csv"
+MANIFEST_FIELDS = ("input", "status", "output", "tiles", "seconds", "tiles_per_s", "error")
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """Everything ``predict`` was asked."""
+
+    segmenter: Path
+    input: Path
+    output: Path
+    classifier: Path | None = None
+    config: PredictConfig = field(default_factory=PredictConfig)
+    target: Target | None = None  # slide resolution; None: the segmenter's (else 10x)
+    slides: SlideConfig = field(default_factory=SlideConfig)  # tissue and thumbnail options
+    stride: int | None = None  # None: half a window for images, a window for slides
+    workers: int = 1
+    geojson: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class PredictOutcome:
+    """The JSON payload, the output paths, and the failure message when some input failed."""
+
+    payload: dict[str, Any]
+    paths: list[str]
+    error: str = ""
+    main: bool = True  # False on torchrun ranks > 0: rank 0 reports for all
+
+
+@dataclass
+class Job:
+    """One input of a run and where its outputs go."""
+
+    input: Path
+    targets: ImageTargets | SlideTargets
+    status: str = "pending"
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    def row(self) -> dict[str, object]:
+        r = self.result
+        return {"input": self.input, "status": self.status,
+                "output": r.get("output", "") if self.status != "failed" else "",
+                "tiles": r.get("tiles", ""), "seconds": r.get("seconds", ""),
+                "tiles_per_s": r.get("tiles_per_s", ""), "error": self.error}
+
+
+def _folder_output(req: PredictRequest) -> Path:
+    if req.output.suffix.lower() in ARTIFACT_SUFFIXES + (".png",):
+        raise UsageError(f"{req.output}: {req.input} is a folder, so -o must be a folder",
+                         option="--output")
+    return req.output
+
+
+def plan_jobs(req: PredictRequest, mode: str) -> list[Job]:
+    """The inputs of an image/slide request and their targets (sub-folders mirrored)."""
+    if mode == "image":
+        out = req.output
+        if out.suffix.lower() == ".png":
+            return [Job(req.input, ImageTargets(out, out.parent / "overlays" / out.name))]
+        return [Job(req.input, ImageTargets.in_folder(req.input, out))]
+    if mode == "images":
+        out = _folder_output(req)
+        return [Job(p, ImageTargets.in_folder(p, out)) for p in list_images(req.input)]
+    if mode == "slide" and req.output.suffix.lower() in ARTIFACT_SUFFIXES:
+        return [Job(req.input, SlideTargets(req.output, req.geojson))]
+    out = req.output if mode == "slide" else _folder_output(req)
+    slides = [req.input] if mode == "slide" else slides_in(req.input, exclude=out)
+    return [Job(s, SlideTargets(a, req.geojson))
+            for s, (a, _) in zip(slides, output_paths(slides, req.input, out))]
+
+
+def slide_config(req: PredictRequest, predictor: Predictor) -> SlideConfig:
+    """The request's slide options at the segmenter's patch size; the resolution defaults to
+    the one the segmenter was trained at."""
+    target = req.target
+    if target is None:
+        target = Target(mpp=predictor.mpp) if predictor.mpp else req.slides.target
+        if not predictor.mpp:
+            log.warning("the segmenter records no resolution; predicting slides at %s "
+                        "(set --mpp or --magnification)", target.describe())
+    return replace(req.slides, target=target, patch_size=predictor.patch_size,
+                   stride=req.stride or req.slides.stride)
+
+
+def run_predict(req: PredictRequest, device: str = "auto", reporter: Reporter = SILENT
+                ) -> PredictOutcome:
+    """Check the input, load the networks, predict, and say what was written."""
+    mode = input_mode(req.input)
+    for path, what in ((req.segmenter, "a train-seg run directory or checkpoint"),
+                       (req.classifier, "a train-cls run directory or checkpoint")):
+        if path is not None and not path.exists():
+            raise InputError(path, f"no such file or folder (expected {what})")
+    ctx = DistContext.from_env(device)
+    try:
+        predictor = Predictor.load(req.segmenter, req.classifier, ctx.device, req.config)
+        if mode == "artifact":  # one file: rank 0 writes it, other ranks have nothing to do
+            out = req.output
+            if out.suffix.lower() not in ARTIFACT_SUFFIXES:
+                out = out / f"{req.input.stem}.h5"
+            result = predict_artifact(req.input, out, predictor, reporter) if ctx.is_main else {}
+            ctx.barrier()
+            return PredictOutcome({"inputs": [result]}, [str(out)], main=ctx.is_main)
+        return _run_jobs(req, mode, predictor, ctx, reporter)
+    finally:
+        ctx.close()
+
+
+def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistContext,
+              reporter: Reporter) -> PredictOutcome:
+    jobs = plan_jobs(req, mode)
+    if not jobs:
+        raise InputError(req.input, "holds no images or slides to predict")
+    started = time.perf_counter()
+    mine = jobs[ctx.rank::ctx.world_size]
+    folder = mode in ("images", "slides")
+    manifest = req.output / MANIFEST if folder else None
+    slides = mode in ("slide", "slides")
+    config = slide_config(req, predictor) if slides else None
+    stride = req.stride or max(1, predictor.patch_size // 2)
+    for job in mine:
+        if not req.overwrite and job.targets.complete():
+            job.status = "skipped"
+            job.result = {"output": str(job.targets.output)}
+            log.info("%s: outputs complete, skipped (--overwrite redoes them)", job.input.name)
+    todo = [job for job in mine if job.status == "pending"]
+
+    def prepare(job: Job) -> PreparedSlide | None:
+        return prepare_slide(job.input, config, preview=False) if config else None
+
+    with StripReader(req.workers if slides else 1) as strips, \
+            reporter.bar("predict", unit="tiles") as bar, ThreadPoolExecutor(1) as preparing:
+        strips.start()
+        # the next slide is opened and planned while this one is predicted
+        for job, prepared in zip(todo, ordered_futures(preparing, prepare, todo, ahead=2)):
+            task = bar.add_task(job.input.name, total=None)
+
+            def progress(done: int, total: int | None = None, task: int = task) -> None:
+                if total is None:
+                    bar.advance(task, done)
+                else:
+                    bar.update(task, completed=done, total=total)
+
+            _run_one(job, prepared, predictor, strips, stride, progress)
+            bar.remove_task(task)
+            if manifest is not None and not ctx.distributed:
+                write_manifest(manifest, jobs)
+    all_jobs = _gather(mine, jobs, ctx)
+    seconds = time.perf_counter() - started
+    if manifest is not None and ctx.is_main:
+        write_manifest(manifest, all_jobs)
+    if reporter.enabled and ctx.is_main:
+        reporter.console.print(summary_table(all_jobs, seconds))
+    failed = [j for j in all_jobs if j.status == "failed"]
+    payload: dict[str, Any] = {"inputs": [{"input": str(j.input), "status": j.status,
+                                           "error": j.error or None, **j.result}
+                                          for j in all_jobs],
+                               "seconds": round(seconds, 3)}
+    if manifest is not None:
+        payload["manifest"] = str(manifest)
+    paths = [str(j.result["output"]) for j in all_jobs if j.status != "failed"]
+    error = (f"{len(failed)} of {len(all_jobs)} inputs failed (first: {failed[0].error})"
+             if failed else "")
+    return PredictOutcome(payload, paths, error, ctx.is_main)
+
+
+def _run_one(job: Job, prepared: Future[PreparedSlide | None], predictor: Predictor,
+             strips: StripReader, stride: int, progress: Callable[..., None]) -> None:
+    try:
+        if isinstance(job.targets, SlideTargets):
+            job.result = predict_slide(prepared.result(), job.targets, predictor, strips,
+                                       progress)
+        else:
+            job.result = predict_image_file(job.input, job.targets, predictor, stride,
+                                            progress)
+        job.status = "done"
+        log.info("%s: %d tiles in %.1f s", job.input.name, job.result["tiles"],
+                 job.result.get("seconds", 0.0) or 0.0)
+    except KeyboardInterrupt:
+        raise
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - one bad input must not stop the others
+        if isinstance(err, BrokenProcessPool):  # a reading worker died (corrupt file?)
+            strips.reset()
+        job.status = "failed"
+        job.error = str(err) if isinstance(err, HistosegError) else (
+            f"{job.input}: {type(err).__name__}: {err}")
+        log.error("%s", job.error)
+        log.debug("details", exc_info=True)
+
+
+def _gather(mine: list[Job], jobs: list[Job], ctx: DistContext) -> list[Job]:
+    """Every rank's jobs on every rank, in input order (alone: ``jobs``)."""
+    if not ctx.distributed:
+        return jobs
+    parts = ctx.gather(mine)
+    merged = {str(j.input): j for part in parts for j in part}
+    return [merged.get(str(j.input), j) for j in jobs]
+
+
+def write_manifest(path: Path, jobs: list[Job]) -> Path:
+    return write_csv_atomic(path, MANIFEST_FIELDS, (job.row() for job in jobs))
+
+
+def summary_table(jobs: list[Job], seconds: float) -> Table:
+    """One row per input: status, tiles, time, speed, error."""
+    tiles = sum(int(j.result.get("tiles", 0) or 0) for j in jobs if j.status == "done")
+    counts = ", ".join(f"{n} {s}" for s in ("done", "skipped", "failed", "pending")
+                       if (n := sum(j.status == s for j in jobs)))
+    table = Table(title=f"predict: {len(jobs)} inputs ({counts}); {tiles} tiles in "
+                  f"{seconds:.1f} s", title_justify="left")
+    for name in ("input", "status", "tiles", "s", "tiles/s", "note"):
+        table.add_column(name, justify="left" if name in ("input", "status", "note")
+                         else "right", overflow="fold" if name == "input" else "ellipsis")
+    style = {"done": "green", "skipped": "dim", "failed": "bold red", "pending": "dim"}
+    for job in jobs:
+        r = job.result
+        table.add_row(job.input.name, f"[{style[job.status]}]{job.status}[/]",
+                      str(r.get("tiles", "")), str(r.get("seconds", "")),
+                      str(r.get("tiles_per_s", "")),
+                      job.error.removeprefix(f"{job.input}: ").split(";")[0])
+    return table

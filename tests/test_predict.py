@@ -1,0 +1,220 @@
+"""``histoseg predict`` as users run it: artifacts, image folders, slides; gate, resume, errors.
+
+The networks are small and untrained (their outputs are arbitrary but deterministic): these
+tests check the plumbing and the rules. That training + predict beats an untrained model is
+checked end to end in test_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from benchmarks.slidegen import build_pyramid_tiff, real_tissue_images
+from histoseg_cli.app import app
+from histoseg_cli.core.data.reader import Artifact
+from histoseg_cli.core.models.checkpoint import save_checkpoint
+from histoseg_cli.core.models.classifier import ClassifierInfo, build_classifier
+from histoseg_cli.core.models.segmenter import Segmenter, SegmenterInfo
+from tests.conftest import write_patches
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+CLASSES = ["c0", "c1", "c2", "c3"]
+PATCH = 32
+
+
+def run(*args: object):
+    result = CliRunner().invoke(app, ["predict", *map(str, args)])
+    return result.exit_code, result.stdout, " ".join(result.stderr.split())
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    seg = Segmenter("resnet18", 4, 16, gate_head=True).eval()
+    info = SegmenterInfo(class_names=CLASSES, patch_size=PATCH, mpp=1.0, encoder="resnet18",
+                         gate_head=True)
+    save_checkpoint(root / "seg" / "checkpoint.pt", seg, info)
+    plain = Segmenter("resnet18", 4, 16).eval()
+    save_checkpoint(root / "plain.pt", plain, SegmenterInfo(
+        class_names=CLASSES, patch_size=PATCH, mpp=1.0, encoder="resnet18"))
+    cinfo = ClassifierInfo(class_names=CLASSES, patch_size=PATCH, backbone="resnet38d",
+                           backbone_kwargs={"width": 0.0625})
+    save_checkpoint(root / "cls.pt", build_classifier(cinfo).eval(), cinfo)
+    other = ClassifierInfo(class_names=["x", "y"], patch_size=PATCH, backbone="resnet38d",
+                           backbone_kwargs={"width": 0.0625})
+    save_checkpoint(root / "other.pt", build_classifier(other).eval(), other)
+    return {"seg": root / "seg", "plain": root / "plain.pt", "cls": root / "cls.pt",
+            "other": root / "other.pt"}
+
+
+def test_artifact_predictions_follow_the_gate(models: dict[str, Path], tmp_path: Path):
+    data = write_patches(tmp_path / "test.h5", n=12, size=PATCH)
+    code, stdout, err = run(models["seg"], data, "-o", tmp_path / "pred.h5", "--classifier",
+                            models["cls"], "--gate-threshold", "0.5", "--device", "cpu",
+                            "--json", "-q")
+    assert code == 0, err
+    payload = json.loads(stdout)
+    assert payload["inputs"][0]["tiles"] == 12
+    with Artifact(tmp_path / "pred.h5") as pred, Artifact(data) as source:
+        assert pred.kind == "predictions" and pred.names() == source.names()
+        assert pred.meta.link.path == str(data.resolve())
+        labels, gate = pred.dataset("predictions")[:], pred.dataset("gate_probs")[:]
+        assert labels.shape == (12, PATCH, PATCH) and gate.shape == (12, 4)
+        assert pred.meta.extra["gate"] == "classifier"
+    for patch_labels, probs in zip(labels, gate):
+        allowed = np.flatnonzero(probs > 0.5)
+        if len(allowed):  # else the ungated fallback
+            assert set(np.unique(patch_labels)) <= set(allowed.tolist())
+    code, _, err = run(models["seg"], data, "-o", tmp_path / "ungated.h5", "--no-gate",
+                       "--device", "cpu", "-q")
+    assert code == 0, err
+    with Artifact(tmp_path / "ungated.h5") as ungated:
+        assert ungated.meta.extra["gate"] == "head" and not ungated.meta.extra["gate_enabled"]
+        assert "gate_probs" in ungated.datasets  # recorded even when not applied
+
+
+def test_image_folder_blends_windows_resumes_and_survives_a_bad_file(
+        models: dict[str, Path], tmp_path: Path):
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(images / "a.png")
+    Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(images / "b.jpg")
+    (images / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "labels"
+    code, stdout, err = run(models["seg"], images, "-o", out, "--device", "cpu", "-q")
+    assert code == 1 and f"{images / 'broken.png'}: unreadable image" in err
+    assert stdout.split() == [str(out / "a.png"), str(out / "b.png")]
+    assert Image.open(out / "a.png").size == (70, 50) and Image.open(out / "b.png").size == (20, 20)
+    assert Image.open(out / "a.png").mode == "P"
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "b.png"]
+    rows = {r["input"]: r["status"] for r in csv.DictReader(open(out / "manifest.csv"))}
+    assert rows == {str(images / "a.png"): "done", str(images / "b.jpg"): "done",
+                    str(images / "broken.png"): "failed"}
+    (images / "broken.png").unlink()
+    before = (out / "a.png").stat().st_mtime_ns
+    code, _, err = run(models["seg"], images, "-o", out, "--device", "cpu", "--json", "-q")
+    assert code == 0, err
+    assert (out / "a.png").stat().st_mtime_ns == before  # complete outputs are skipped
+    code, stdout, _ = run(models["seg"], images, "-o", out, "--device", "cpu", "--overwrite",
+                          "--json", "-q")
+    assert [i["status"] for i in json.loads(stdout)["inputs"]] == ["done", "done"]
+
+
+def test_a_patch_sized_image_matches_the_artifact_prediction(models: dict[str, Path],
+                                                             tmp_path: Path):
+    data = write_patches(tmp_path / "p.h5", n=2, size=PATCH)
+    with Artifact(data) as art:
+        patch = art.patch(1)
+    Image.fromarray(patch).save(tmp_path / "p001.png")
+    assert run(models["seg"], data, "-o", tmp_path / "pred.h5", "--device", "cpu",
+               "-q")[0] == 0
+    assert run(models["seg"], tmp_path / "p001.png", "-o", tmp_path / "out",
+               "--device", "cpu", "-q")[0] == 0
+    with Artifact(tmp_path / "pred.h5") as pred:
+        expected = pred.dataset("predictions")[1]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "p001.png")), expected)
+
+
+@pytest.mark.slow
+def test_slide_map_overlay_areas_and_geojson(models: dict[str, Path], tmp_path: Path):
+    slide = build_pyramid_tiff(tmp_path / "in" / "s.tiff", 1600, 1200, 0.5,
+                               images=real_tissue_images(limit=4))
+    out = tmp_path / "out"
+    code, stdout, err = run(models["seg"], tmp_path / "in", "-o", out, "--geojson",
+                            "--device", "cpu", "--workers", "1", "--json", "-q")
+    assert code == 0, err
+    result = json.loads(stdout)["inputs"][0]
+    with Artifact(out / "s.h5") as pred:
+        labels = pred.file["slide/labels"]
+        assert labels.shape == (600, 800)  # 1 mpp from a 0.5 mpp slide
+        assert labels.attrs["downsample"] == 2.0
+        full = labels[:]
+        tiles = pred.dataset("predictions")[:]
+        coords = pred.dataset("coords")[:] // 2
+        assert len(tiles) == result["tiles"] > 0
+    # no overlap: each tile's labels are the map inside it, where the tissue mask keeps them
+    for (x, y), tile in zip(coords, tiles):
+        window = full[y:y + PATCH, x:x + PATCH]
+        tissue = window < 4
+        assert np.array_equal(window[tissue], tile[tissue])
+    assert (full == 4).any()  # glass around the ellipse is background
+    areas = list(csv.DictReader(open(out / "s.areas.csv")))
+    assert [r["class"] for r in areas] == CLASSES + ["background"]
+    assert sum(int(r["pixels"]) for r in areas) == full.size
+    assert float(areas[0]["area_mm2"]) == pytest.approx(int(areas[0]["pixels"]) / 1e6)
+    assert Image.open(out / "s.overlay.png").size[1] >= 500
+    doc = json.loads((out / "s.geojson").read_text())
+    assert doc["type"] == "FeatureCollection" and doc["features"]
+    for feature in doc["features"]:
+        assert feature["properties"]["classification"]["name"] in CLASSES
+        assert len(feature["properties"]["classification"]["color"]) == 3
+        ring = feature["geometry"]["coordinates"][0]
+        assert ring[0] == ring[-1] and max(p[0] for p in ring) <= 1600
+    manifest = list(csv.DictReader(open(out / "manifest.csv")))
+    assert manifest[0]["status"] == "done"
+
+
+def test_real_slide(models: dict[str, Path], shared_data: Path, tmp_path: Path):
+    slide = shared_data / "slides" / "cmu-1-small-region.svs"
+    code, stdout, err = run(models["seg"], slide, "-o", tmp_path / "cmu.h5", "--geojson",
+                            "--device", "cpu", "--json", "-q")
+    assert code == 0, err
+    assert (tmp_path / "cmu.overlay.png").is_file() and (tmp_path / "cmu.areas.csv").is_file()
+    doc = json.loads((tmp_path / "cmu.geojson").read_text())
+    assert all("name" in f["properties"]["classification"] for f in doc["features"])
+    with h5py.File(tmp_path / "cmu.h5") as f:
+        assert f["slide/labels"].attrs["mpp"] == pytest.approx(1.0, rel=0.05)
+
+
+def test_bad_inputs_are_one_line_errors(models: dict[str, Path], tmp_path: Path):
+    data = write_patches(tmp_path / "d.h5", n=2, size=PATCH)
+    code, _, err = run(tmp_path / "nothere", data, "-o", tmp_path / "x.h5")
+    assert code == 1 and f"{tmp_path / 'nothere'}: no such file or folder" in err
+    code, _, err = run(models["seg"], tmp_path / "missing", "-o", tmp_path / "x.h5")
+    assert code == 1 and f"{tmp_path / 'missing'}: no such file or folder" in err
+    code, _, err = run(models["seg"], data, "-o", tmp_path / "x.h5", "--classifier",
+                       models["other"], "--device", "cpu")
+    assert code == 1 and "differ from the segmenter's" in err and "Traceback" not in err
+    small = write_patches(tmp_path / "s.h5", n=2, size=16)
+    code, _, err = run(models["seg"], small, "-o", tmp_path / "x.h5", "--device", "cpu")
+    assert code == 1 and "has 16 px patches; the segmenter was trained on 32 px" in err
+    code, _, err = run(models["seg"], data, "-o", tmp_path / "x.h5", "--gate-threshold", "1.5")
+    assert code == 2 and "--gate-threshold" in err
+    code, _, err = run(models["plain"], data, "-o", tmp_path / "y.h5", "--device", "cpu")
+    assert code == 0 and "no gate" in err
+
+
+@pytest.mark.slow
+def test_torchrun_splits_a_folder_across_ranks(models: dict[str, Path], tmp_path: Path):
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+            images / f"im{i}.png")
+    out = tmp_path / "out"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "histoseg_cli", "predict", str(models["seg"]), str(images), "-o", str(out),
+         "--device", "cpu", "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(result.stdout.split()) == [str(out / f"im{i}.png") for i in range(3)]
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert [Path(r["input"]).name for r in rows] == ["im0.png", "im1.png", "im2.png"]
+    assert all(r["status"] == "done" for r in rows)
+    assert sorted(p.name for p in out.glob("*.png")) == ["im0.png", "im1.png", "im2.png"]
