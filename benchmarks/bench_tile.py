@@ -4,7 +4,8 @@ Builds (once, cached outside the repo) a pyramidal JPEG TIFF of --size x --size 
 from real tissue in ../shared/data, then in the same run measures, at --patch-size px and
 --mpp (default 224 px at 1.0 mpp = 10x):
 
-* ours: ``histoseg tile`` with each --workers value, in a fresh process each (peak RSS summed
+* ours: ``histoseg tile`` with each --workers value (on the slide, or with --slides N on a
+  folder of N copies of it, as users tile folders), in a fresh process each (peak RSS summed
   over the process tree, workers included): the whole command (Python start-up, opening,
   tissue detection, tiling, writing the artifact) and its tiling phase alone (reading +
   writing tiles: the rate the progress bar and manifest report);
@@ -64,6 +65,10 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=224)
     parser.add_argument("--mpp", type=float, default=1.0, help="target um/px")
     parser.add_argument("--workers", default="1,2", help="comma-separated --workers values")
+    parser.add_argument("--slides", type=int, default=1,
+                        help="tile a folder of this many copies of the slide (one command)")
+    parser.add_argument("--magnification", type=float,
+                        help="pass --magnification instead of --mpp (10 = 1.0 mpp)")
     parser.add_argument("--level-factor", type=int, default=2,
                         help="pyramid downsample between levels (2: libvips style, 4: Aperio)")
     parser.add_argument("--cache", type=Path,
@@ -89,20 +94,32 @@ def main() -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     rows: list[tuple[str, float, float, int, float | None]] = []
     artifact = None
+    source = slide
+    if args.slides > 1:  # a folder of copies (hard links): the command as users run it
+        source = args.cache / f"folder-{args.slides}"
+        source.mkdir(exist_ok=True)
+        for k in range(args.slides):
+            copy = source / f"slide{k}.tiff"
+            if not copy.exists():
+                os.link(slide, copy)
+    resolution = (["--magnification", str(args.magnification)] if args.magnification
+                  else ["--mpp", str(args.mpp)])
     for w in [int(x) for x in args.workers.split(",")]:
         out_dir = args.cache / f"out-w{w}"
-        cmd = [sys.executable, "-m", "histoseg_cli", "tile", str(slide), "-o", str(out_dir),
-               "--mpp", str(args.mpp), "--patch-size", str(args.patch_size), "--workers",
+        cmd = [sys.executable, "-m", "histoseg_cli", "tile", str(source), "-o", str(out_dir),
+               *resolution, "--patch-size", str(args.patch_size), "--workers",
                str(w), "--overwrite", "--quiet", "--json"]
         if args.compression:
             cmd += ["--compression", args.compression]
         seconds, peak, out, cpu = run_tree(cmd)
-        row = json.loads(out)["slides"][0]
-        n = int(row["patches"])
-        rows.append((f"histoseg tile --workers {w} (whole command)", n / seconds, peak, n, cpu))
-        rows.append((f"histoseg tile --workers {w} (tiling phase)", float(row["tiles_per_s"]),
-                     peak, n, None))
-        artifact = out_dir / f"{slide.stem}.h5"
+        done = json.loads(out)["slides"]
+        n = sum(int(r["patches"]) for r in done)
+        what = f"{len(done)} slides, " if len(done) > 1 else ""
+        rows.append((f"histoseg tile --workers {w} ({what}whole command)", n / seconds, peak,
+                     n, cpu))
+        phase = n / sum(int(r["patches"]) / float(r["tiles_per_s"]) for r in done)
+        rows.append((f"histoseg tile --workers {w} (tiling phase)", phase, peak, n, None))
+        artifact = Path(done[0]["output"])
 
     import h5py
 
@@ -127,11 +144,11 @@ def main() -> None:
         rows.append(("TIAToolbox SlidingWindowPatchExtractor", tia["tiles"] / tia["seconds"],
                      peak, tia["tiles"], cpu))
 
-    print(f"{'method':42s} {'tiles':>7s} {'tiles/s':>9s} {'x naive':>8s} {'CPU s':>7s} "
+    print(f"{'method':52s} {'tiles':>7s} {'tiles/s':>9s} {'x naive':>8s} {'CPU s':>7s} "
           f"{'tiles/CPU-s':>11s} {'peak RSS MB':>12s}")
     for name, rate, peak, n, cpu in rows:
         cpu_cols = f"{cpu:7.1f} {n / cpu:11.1f}" if cpu else f"{'':7s} {'':11s}"
-        print(f"{name:42s} {n:7d} {rate:9.1f} {rate / naive_rate:8.2f} {cpu_cols} {peak:12.0f}")
+        print(f"{name:52s} {n:7d} {rate:9.1f} {rate / naive_rate:8.2f} {cpu_cols} {peak:12.0f}")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     ours = [r for r in rows if r[0].endswith("(tiling phase)")]
     if len(ours) > 1:

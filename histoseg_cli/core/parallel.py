@@ -37,3 +37,14 @@ def ordered_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead:
     consumer (e.g. a compressing writer) is slower than the workers."""
     for future in ordered_futures(pool, fn, items, ahead):
         yield future.result()
+
+
+def lagged(items: Iterable[T]) -> Iterator[tuple[T | None, T | None]]:
+    """``(current, previous)`` pairs, then ``(None, last)``: lets a loop queue batch k on the
+    device before it waits for and writes batch k - 1."""
+    previous = None
+    for item in items:
+        yield item, previous
+        previous = item
+    if previous is not None:
+        yield None, previous

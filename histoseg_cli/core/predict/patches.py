@@ -15,6 +15,7 @@ from histoseg_cli.core.data.kinds import PREDICTIONS
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.data.writer import ArtifactWriter, ItemSpec
 from histoseg_cli.core.errors import InputError, UsageError
+from histoseg_cli.core.parallel import lagged
 from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.predict.predictor import Predictor
 
@@ -58,10 +59,14 @@ def predict_artifact(input_path: Path, output: Path, predictor: Predictor,
             start = writer.rows_done
             task = bar.add_task(input_path.name, total=n, completed=start)
             read = lambda bounds: patches[bounds[0]:bounds[1]]  # noqa: E731
-            for s, e, out in predictor.map(read, start, n):
-                rows = {"predictions": out.labels.cpu().numpy()}
+            queued = ((s, e, out.to_host()) for s, e, out in predictor.map(read, start, n))
+            for _, finished in lagged(queued):  # batch k queued before k - 1 is written
+                if finished is None:
+                    continue
+                s, e, host = finished[0], finished[1], finished[2].wait()
+                rows = {"predictions": host.labels.numpy()}
                 if "gate_probs" in specs:
-                    rows["gate_probs"] = out.gate.cpu().numpy()
+                    rows["gate_probs"] = host.gate.numpy()
                 if coords:
                     rows["coords"] = source.dataset("coords")[s:e]
                 writer.append_rows(names[s:e], **rows)

@@ -53,6 +53,32 @@ class WindowOutput:
     def labels(self) -> torch.Tensor:
         return self.probs.argmax(dim=1).to(torch.uint8)
 
+    def to_host(self) -> HostOutput:
+        """Start copying labels and gate to the host; on CUDA without waiting, so the next
+        batch is queued before this one is written (:meth:`HostOutput.wait` first)."""
+        cuda = self.probs.is_cuda
+        labels = self.labels.to("cpu", non_blocking=cuda)
+        gate = None if self.gate is None else self.gate.to("cpu", non_blocking=cuda)
+        event = None
+        if cuda:
+            event = torch.cuda.Event()
+            event.record()
+        return HostOutput(labels, gate, event)
+
+
+@dataclass
+class HostOutput:
+    """Labels (B, P, P) uint8 and gate (B, C) on the host, once :meth:`wait` returns."""
+
+    labels: torch.Tensor
+    gate: torch.Tensor | None
+    event: Any = None
+
+    def wait(self) -> HostOutput:
+        if self.event is not None:
+            self.event.synchronize()
+        return self
+
 
 class Predictor:
     """A gated segmenter ready to run on uint8 windows of its patch size."""

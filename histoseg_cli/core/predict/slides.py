@@ -24,9 +24,10 @@ from histoseg_cli.core.data.format import ArtifactMeta
 from histoseg_cli.core.data.kinds import PREDICTIONS
 from histoseg_cli.core.data.writer import ArtifactWriter, ItemSpec
 from histoseg_cli.core.inference.stitch import BandStitcher, CountSink, DownsampledSink, RowSink
+from histoseg_cli.core.parallel import lagged
 from histoseg_cli.core.predict.geojson import label_features, write_geojson
 from histoseg_cli.core.predict.outputs import class_areas, save_overlay, write_areas_csv
-from histoseg_cli.core.predict.predictor import Predictor
+from histoseg_cli.core.predict.predictor import HostOutput, Predictor
 from histoseg_cli.core.slides.extract import PreparedSlide, TilePlan
 from histoseg_cli.core.slides.tiler import StripReader, plan_strips
 
@@ -184,17 +185,25 @@ def predict_slide(slide: PreparedSlide, targets: SlideTargets, predictor: Predic
             stitcher = BandStitcher(grid.width, grid.height, c, p, tiles,
                                     [TissueGate(plan, grid.width, grid.height, c, sinks)],
                                     predictor.engine.device)
-            done = 0
             batches = _tile_batches(strips.iter_read(strip_plan, reader),
                                     predictor.config.batch_size)
-            for origins, windows in batches:
-                out = predictor(windows)
+
+            def run() -> Iterator[tuple[np.ndarray, HostOutput]]:
+                for origins, windows in batches:
+                    out = predictor(windows)
+                    stitcher.add(origins, out.probs)
+                    yield origins, out.to_host()
+
+            done = 0
+            for _, finished in lagged(run()):  # batch k queued before k - 1 is written
+                if finished is None:
+                    continue
+                origins, host = finished[0], finished[1].wait()
                 level0 = np.round(origins * res.downsample).astype(np.int64)
-                rows = {"predictions": out.labels.cpu().numpy(), "coords": level0}
+                rows = {"predictions": host.labels.numpy(), "coords": level0}
                 if "gate_probs" in specs:
-                    rows["gate_probs"] = out.gate.cpu().numpy()
+                    rows["gate_probs"] = host.gate.numpy()
                 writer.append_rows([f"{path.stem}_{x}_{y}" for x, y in level0], **rows)
-                stitcher.add(origins, out.probs)
                 done += len(origins)
                 if progress is not None:
                     progress(done, len(tiles))
