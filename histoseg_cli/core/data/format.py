@@ -12,15 +12,21 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
 
 from histoseg_cli import __version__
 
-if TYPE_CHECKING:
-    from histoseg_cli.core.data.reader import Artifact
+
+class NamedRows(Protocol):
+    """What a link is made from: an artifact's path and its patch names (``Artifact``)."""
+
+    path: Path
+
+    def names(self) -> list[str]: ...
 
 SCHEMA_NAME = "histoseg.patches"
 SCHEMA_VERSION = 1
@@ -56,7 +62,7 @@ class InputLink:
     num_patches: int
 
     @classmethod
-    def to(cls, artifact: Artifact) -> InputLink:
+    def to(cls, artifact: NamedRows) -> InputLink:
         """A link to ``artifact`` (absolute path, hash of its names in order)."""
         names = artifact.names()
         return cls(str(artifact.path.resolve()), names_digest(names), len(names))
