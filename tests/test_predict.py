@@ -98,6 +98,9 @@ def test_image_folder_blends_windows_resumes_and_survives_a_bad_file(
     assert Image.open(out / "a.png").size == (70, 50) and Image.open(out / "b.png").size == (20, 20)
     assert Image.open(out / "a.png").mode == "P"
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "b.png"]
+    gates = list(csv.DictReader(open(out / "gates" / "a.csv")))  # one row per window
+    assert list(gates[0]) == ["x", "y", *CLASSES] and len(gates) == 4 * 3  # x 0/16/32/38, y 0/16/18
+    assert {(int(r["x"]), int(r["y"])) for r in gates} >= {(0, 0), (38, 18)}
     rows = {r["input"]: r["status"] for r in csv.DictReader(open(out / "manifest.csv"))}
     assert rows == {str(images / "a.png"): "done", str(images / "b.jpg"): "done",
                     str(images / "broken.png"): "failed"}

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from histoseg_cli.core.atomic import write_csv_atomic
 from histoseg_cli.core.imageio import read_rgb, save_label_png
 from histoseg_cli.core.inference.stitch import ArraySink, BandStitcher, window_grid
 from histoseg_cli.core.predict.outputs import save_overlay
 from histoseg_cli.core.predict.predictor import Predictor
 
-#: Name of the folder of colour overlays inside the output folder.
+#: Folders inside the output folder: colour overlays, and the gate's probabilities per window.
 OVERLAYS = "overlays"
+GATES = "gates"
 
 
 @dataclass
@@ -29,8 +31,8 @@ class ImagePrediction:
     """One image's label map and the gate probabilities of its windows."""
 
     labels: np.ndarray  # (H, W) uint8, background = C
-    gate: np.ndarray | None  # (N windows, C)
-    windows: int
+    origins: np.ndarray  # (N, 2) window origins (x, y)
+    gate: np.ndarray | None  # (N, C) gate probabilities per window
 
 
 def _pad(image: np.ndarray, size: int) -> np.ndarray:
@@ -68,7 +70,7 @@ def predict_image(image: np.ndarray, predictor: Predictor, stride: int,
             progress(len(batch))
     stitcher.finish()
     gate = np.concatenate(gates) if gates else None
-    return ImagePrediction(sink.labels[:h, :w], gate, len(origins))
+    return ImagePrediction(sink.labels[:h, :w], origins, gate)
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,13 @@ class ImageTargets:
 
     labels: Path
     overlay: Path
+    gates: Path
 
     @classmethod
-    def in_folder(cls, image: Path, out_dir: Path) -> ImageTargets:
-        return cls(out_dir / f"{image.stem}.png", out_dir / OVERLAYS / f"{image.stem}.png")
+    def in_folder(cls, image: Path, out_dir: Path, name: str | None = None) -> ImageTargets:
+        stem = Path(name).stem if name else image.stem
+        return cls(out_dir / f"{stem}.png", out_dir / OVERLAYS / f"{stem}.png",
+                   out_dir / GATES / f"{stem}.csv")
 
     @property
     def output(self) -> Path:
@@ -102,11 +107,17 @@ def predict_image_file(path: Path, targets: ImageTargets, predictor: Predictor, 
     counts = np.bincount(result.labels.ravel(), minlength=predictor.num_classes + 1)
     save_overlay(targets.overlay, image, result.labels, predictor.palette,
                  predictor.class_names, counts)
+    if result.gate is not None:
+        write_csv_atomic(targets.gates, ["x", "y", *predictor.class_names], (
+            {"x": int(x), "y": int(y), **{n: round(float(p), 6) for n, p in
+                                          zip(predictor.class_names, probs)}}
+            for (x, y), probs in zip(result.origins, result.gate)))
     save_label_png(targets.labels, result.labels, predictor.palette, predictor.class_names)
     pixels = {name: int(counts[i]) for i, name in enumerate(predictor.class_names)}
     seconds = time.perf_counter() - start
     return {"input": str(path), "output": str(targets.labels),
-            "overlay": str(targets.overlay), "height": int(image.shape[0]),
-            "width": int(image.shape[1]), "tiles": result.windows,
-            "seconds": round(seconds, 3), "tiles_per_s": round(result.windows / seconds, 2),
+            "overlay": str(targets.overlay),
+            "gates": str(targets.gates) if result.gate is not None else None, "height": int(image.shape[0]),
+            "width": int(image.shape[1]), "tiles": len(result.origins),
+            "seconds": round(seconds, 3), "tiles_per_s": round(len(result.origins) / seconds, 2),
             "pixels": pixels}

@@ -145,7 +145,11 @@ class Predictor:
         return default_palette(self.num_classes)
 
     def __call__(self, windows: np.ndarray | torch.Tensor) -> WindowOutput:
-        """Outputs for (B, P, P, 3) uint8 windows."""
+        """Outputs for (B, P, P, 3) uint8 windows (through pinned memory on CUDA, so the copy
+        to the device does not block)."""
+        if self.engine.device.type == "cuda":
+            windows = (torch.from_numpy(np.ascontiguousarray(windows))
+                       if isinstance(windows, np.ndarray) else windows).pin_memory()
         out = self.engine(windows)
         return WindowOutput(out["probs"], out.get("gate"))
 

@@ -99,7 +99,7 @@ def plan_jobs(req: PredictRequest, mode: str) -> list[Job]:
     if mode == "image":
         out = req.output
         if out.suffix.lower() == ".png":
-            return [Job(req.input, ImageTargets(out, out.parent / "overlays" / out.name))]
+            return [Job(req.input, ImageTargets.in_folder(req.input, out.parent, out.name))]
         return [Job(req.input, ImageTargets.in_folder(req.input, out))]
     if mode == "images":
         out = _folder_output(req)
