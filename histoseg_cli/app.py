@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "histoseg_cli.commands.train_seg",
     "histoseg_cli.commands.predict",
     "histoseg_cli.commands.eval",
+    "histoseg_cli.commands.export",
 )
 
 app = typer.Typer(

@@ -14,6 +14,9 @@ from histoseg_cli.app import app
 from histoseg_cli.core.data.format import ArtifactMeta
 from histoseg_cli.core.data.writer import ArtifactWriter
 from histoseg_cli.core.models.base import Backbone, PatchClassifier
+from histoseg_cli.core.models.checkpoint import save_checkpoint
+from histoseg_cli.core.models.classifier import ClassifierInfo, build_classifier
+from histoseg_cli.core.models.segmenter import Segmenter, SegmenterInfo
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -106,3 +109,30 @@ def write_patches(path: Path, n: int = 10, size: int = 32, num_classes: int = 4,
         rows = {"labels": labels, **({"masks": truth} if masks else {})}
         writer.append(images, names or [f"p{i:03d}" for i in range(n)], **rows)
     return path
+
+
+MODEL_CLASSES = ["c0", "c1", "c2", "c3"]
+MODEL_PATCH = 32
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Untrained checkpoints at 32 px: a segmenter with a gate head, one without, a small
+    ResNet-38 classifier of the same classes and one of other classes."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    seg = Segmenter("resnet18", 4, 16, gate_head=True).eval()
+    info = SegmenterInfo(class_names=MODEL_CLASSES, patch_size=MODEL_PATCH, mpp=1.0, encoder="resnet18",
+                         gate_head=True)
+    save_checkpoint(root / "seg" / "checkpoint.pt", seg, info)
+    plain = Segmenter("resnet18", 4, 16).eval()
+    save_checkpoint(root / "plain.pt", plain, SegmenterInfo(
+        class_names=MODEL_CLASSES, patch_size=MODEL_PATCH, mpp=1.0, encoder="resnet18"))
+    cinfo = ClassifierInfo(class_names=MODEL_CLASSES, patch_size=MODEL_PATCH, backbone="resnet38d",
+                           backbone_kwargs={"width": 0.0625})
+    save_checkpoint(root / "cls.pt", build_classifier(cinfo).eval(), cinfo)
+    other = ClassifierInfo(class_names=["x", "y"], patch_size=MODEL_PATCH, backbone="resnet38d",
+                           backbone_kwargs={"width": 0.0625})
+    save_checkpoint(root / "other.pt", build_classifier(other).eval(), other)
+    return {"seg": root / "seg", "plain": root / "plain.pt", "cls": root / "cls.pt",
+            "other": root / "other.pt"}

@@ -31,10 +31,10 @@ LAYERS = [
     {"metrics", "slides"},
     {"models"},
     {"inference"},
-    {"ingest", "training", "cams", "predict"},
+    {"ingest", "training", "cams", "predict", "export"},
 ]
 #: The pipeline stages on the top layer: none imports another.
-STAGES = ("ingest", "training", "cams", "predict")
+STAGES = ("ingest", "training", "cams", "predict", "export")
 
 
 def _layer(name: str) -> int:

@@ -14,47 +14,22 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from benchmarks.slidegen import build_pyramid_tiff, real_tissue_images
 from histoseg_cli.app import app
 from histoseg_cli.core.data.reader import Artifact
-from histoseg_cli.core.models.checkpoint import save_checkpoint
-from histoseg_cli.core.models.classifier import ClassifierInfo, build_classifier
-from histoseg_cli.core.models.segmenter import Segmenter, SegmenterInfo
 from tests.conftest import write_patches
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-CLASSES = ["c0", "c1", "c2", "c3"]
-PATCH = 32
+from tests.conftest import MODEL_CLASSES as CLASSES
+from tests.conftest import MODEL_PATCH as PATCH
 
 
 def run(*args: object):
     result = CliRunner().invoke(app, ["predict", *map(str, args)])
     return result.exit_code, result.stdout, " ".join(result.stderr.split())
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    seg = Segmenter("resnet18", 4, 16, gate_head=True).eval()
-    info = SegmenterInfo(class_names=CLASSES, patch_size=PATCH, mpp=1.0, encoder="resnet18",
-                         gate_head=True)
-    save_checkpoint(root / "seg" / "checkpoint.pt", seg, info)
-    plain = Segmenter("resnet18", 4, 16).eval()
-    save_checkpoint(root / "plain.pt", plain, SegmenterInfo(
-        class_names=CLASSES, patch_size=PATCH, mpp=1.0, encoder="resnet18"))
-    cinfo = ClassifierInfo(class_names=CLASSES, patch_size=PATCH, backbone="resnet38d",
-                           backbone_kwargs={"width": 0.0625})
-    save_checkpoint(root / "cls.pt", build_classifier(cinfo).eval(), cinfo)
-    other = ClassifierInfo(class_names=["x", "y"], patch_size=PATCH, backbone="resnet38d",
-                           backbone_kwargs={"width": 0.0625})
-    save_checkpoint(root / "other.pt", build_classifier(other).eval(), other)
-    return {"seg": root / "seg", "plain": root / "plain.pt", "cls": root / "cls.pt",
-            "other": root / "other.pt"}
 
 
 def test_artifact_predictions_follow_the_gate(models: dict[str, Path], tmp_path: Path):
@@ -131,7 +106,7 @@ def test_a_patch_sized_image_matches_the_artifact_prediction(models: dict[str, P
 
 @pytest.mark.slow
 def test_slide_map_overlay_areas_and_geojson(models: dict[str, Path], tmp_path: Path):
-    slide = build_pyramid_tiff(tmp_path / "in" / "s.tiff", 1600, 1200, 0.5,
+    build_pyramid_tiff(tmp_path / "in" / "s.tiff", 1600, 1200, 0.5,
                                images=real_tissue_images(limit=4))
     out = tmp_path / "out"
     code, stdout, err = run(models["seg"], tmp_path / "in", "-o", out, "--geojson",

@@ -92,6 +92,24 @@ def test_band_stitcher_equals_averaging_the_whole_map_at_once():
     assert most_rows <= 2 * window  # only open rows are held, not the whole map
 
 
+def test_without_overlap_labels_are_kept_instead_of_probabilities():
+    rng = np.random.default_rng(1)
+    width, height, window, c = 20, 15, 5, 3  # whole windows: none overlaps
+    origins = window_grid(width, height, window, window)
+    probs = torch.from_numpy(rng.random((len(origins), c, window, window), dtype=np.float32))
+    maps = []
+    for overlap in (True, False):
+        sink = ArraySink(width, height, c)
+        stitcher = BandStitcher(width, height, c, window, origins, [sink], torch.device("cpu"),
+                                overlap=overlap)
+        for s in range(0, len(origins), 3):
+            stitcher.add(origins[s:s + 3], probs[s:s + 3])
+        stitcher.finish()
+        maps.append(sink.labels)
+        assert stitcher._acc.dtype == (torch.float32 if overlap else torch.uint8)
+    assert np.array_equal(maps[0], maps[1])
+
+
 def test_rows_no_window_reaches_are_background():
     origins = np.array([[0, 0]])
     sink = ArraySink(6, 10, 2)

@@ -35,8 +35,33 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
+class BatchedMap:
+    """``map`` for any engine whose ``__call__`` takes a uint8 batch (PyTorch, ONNX Runtime,
+    TensorRT): batches read ahead in a thread, pinned on CUDA."""
+
+    device: torch.device
+
+    def map(self, read: Callable[[tuple[int, int]], np.ndarray], total: int,
+            batch_size: int, ahead: int = 2, start: int = 0
+            ) -> Iterator[tuple[int, int, Any]]:
+        """``(start, stop, output)`` for rows ``[start, total)`` in batches; ``read(bounds)``
+        returns the uint8 batch and runs in a thread ahead of the network (decoding overlaps
+        compute). On CUDA each batch is copied through pinned memory."""
+        bounds = [(s, min(s + batch_size, total)) for s in range(start, total, batch_size)]
+        pin = self.device.type == "cuda"
+
+        def load(b: tuple[int, int]) -> torch.Tensor:
+            t = torch.from_numpy(np.ascontiguousarray(read(b)))
+            return t.pin_memory() if pin else t
+
+        with ThreadPoolExecutor(1) as pool:
+            for (s, e), batch in zip(bounds, ordered_map(pool, load, bounds, ahead=ahead)):
+                yield s, e, self(batch)  # type: ignore[operator]
+
+
+
 @dataclass
-class InferenceEngine:
+class InferenceEngine(BatchedMap):
     """A network in eval mode with its input normalisation, device and precision."""
 
     model: nn.Module
@@ -87,23 +112,6 @@ class InferenceEngine:
         finally:
             self.model.train(was_training)
         return _to_float(out)
-
-    def map(self, read: Callable[[tuple[int, int]], np.ndarray], total: int,
-            batch_size: int, ahead: int = 2, start: int = 0
-            ) -> Iterator[tuple[int, int, Any]]:
-        """``(start, stop, output)`` for rows ``[start, total)`` in batches; ``read(bounds)``
-        returns the uint8 batch and runs in a thread ahead of the network (decoding overlaps
-        compute). On CUDA each batch is copied through pinned memory."""
-        bounds = [(s, min(s + batch_size, total)) for s in range(start, total, batch_size)]
-        pin = self.device.type == "cuda"
-
-        def load(b: tuple[int, int]) -> torch.Tensor:
-            t = torch.from_numpy(np.ascontiguousarray(read(b)))
-            return t.pin_memory() if pin else t
-
-        with ThreadPoolExecutor(1) as pool:
-            for (s, e), batch in zip(bounds, ordered_map(pool, load, bounds, ahead=ahead)):
-                yield s, e, self(batch)
 
     def run_loader(self, batches: Iterable[Any]) -> Iterator[Any]:
         """Outputs for each uint8 batch of an iterable (e.g. a DataLoader yielding

@@ -72,18 +72,27 @@ class GatedSegmenter(nn.Module):
         self.classifier_norm = classifier_norm or InputNorm()
         self.source = source
         self.config = config
+        self.eval()  # an inference module; train() would turn on dropout and batch statistics
 
     @property
     def threshold(self) -> float | None:
         """The threshold applied, or None (no gate, or ``--no-gate``)."""
         return self.config.threshold if self.config.enabled and self.source != "none" else None
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The networks' parameter dtype (float16 in an fp16 export); inputs are cast to it
+        after normalisation, and the gating runs in float32."""
+        first = next(self.segmenter.parameters(), None)
+        return torch.float32 if first is None else first.dtype
+
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.segmenter(self.segmenter_norm(pixels))
+        dtype = self.dtype
+        out = self.segmenter(self.segmenter_norm(pixels).to(dtype))
         logits = out["masks"] if isinstance(out, dict) else out
         gate = None
         if self.source == "classifier":
-            gate = self.classifier(self.classifier_norm(pixels)).float().sigmoid()
+            gate = self.classifier(self.classifier_norm(pixels).to(dtype)).float().sigmoid()
         elif self.source == "head":
             gate = out["gate"].float().sigmoid()
         result = {"probs": gated_softmax(logits, gate, self.threshold)}

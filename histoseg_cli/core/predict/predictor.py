@@ -17,13 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from histoseg_cli.core.data.format import default_palette
-from histoseg_cli.core.errors import InputError, UsageError
+from histoseg_cli.core.errors import UsageError
+from histoseg_cli.core.inference.card import ModelCard
 from histoseg_cli.core.inference.engine import PRECISIONS, InferenceEngine
-from histoseg_cli.core.inference.gate import GateConfig, build_gated
-from histoseg_cli.core.models.checkpoint import LoadedModel, load_model
+from histoseg_cli.core.inference.gate import GateConfig
+from histoseg_cli.core.inference.loading import load_gated
+from histoseg_cli.core.inference.onnx_runtime import OnnxEngine
+from histoseg_cli.core.inference.tensorrt_runtime import TensorRTEngine
 
 log = logging.getLogger("histoseg")
+#: Suffixes of exported models (``histoseg export``) that predict runs directly.
+EXPORTED = (".onnx", ".engine")
 
 
 @dataclass(frozen=True)
@@ -81,48 +85,41 @@ class HostOutput:
 
 
 class Predictor:
-    """A gated segmenter ready to run on uint8 windows of its patch size."""
+    """A gated segmenter ready to run on uint8 windows of its patch size: an engine (anything
+    with ``device``, ``__call__`` and ``map`` giving ``{"probs", "gate"}``) and its card."""
 
-    def __init__(self, engine: InferenceEngine, segmenter: LoadedModel,
-                 classifier: LoadedModel | None, config: PredictConfig) -> None:
+    def __init__(self, engine: Any, card: ModelCard | None = None,
+                 config: PredictConfig = PredictConfig()) -> None:
         self.engine = engine
-        self.segmenter = segmenter
-        self.classifier = classifier
+        self.card = card or engine.card
         self.config = config
 
     @classmethod
     def load(cls, segmenter: Path, classifier: Path | None, device: torch.device,
              config: PredictConfig = PredictConfig()) -> Predictor:
-        """Load the segmenter (and classifier) checkpoints, files or run directories."""
-        seg = load_model(segmenter, device=device, task="segmenter")
-        cls_model = None
-        if classifier is not None:
-            cls_model = load_model(classifier, device=device, task="classifier")
-            _check_pair(seg, cls_model)
-        model = build_gated(seg, cls_model, config.gate)
+        """Load the segmenter (and classifier) checkpoints, files or run directories, or an
+        exported model (``.onnx``, ``.engine``) that carries its gate inside."""
+        if segmenter.suffix.lower() in EXPORTED:
+            return cls(open_exported(segmenter, classifier, device, config),
+                       config=config)
+        gated, card = load_gated(segmenter, classifier, device, config.gate, config.precision)
         # channels_last: measured faster for 224 px windows on CPU (oneDNN) as on CUDA
-        engine = InferenceEngine.for_model(model, None, device, config.precision,
+        engine = InferenceEngine.for_model(gated, None, device, config.precision,
                                            channels_last=True)
         if config.compile:
             engine.model = torch.compile(engine.model)
-        predictor = cls(engine, seg, cls_model, config)
-        if predictor.gate_source == "none" and config.gate.enabled:
+        if card.gate == "none" and config.gate.enabled:
             log.warning("no gate: %s has no gate head and no --classifier was given; "
-                        "predicting ungated", seg.path)
-        return predictor
+                        "predicting ungated", card.sources["segmenter"])
+        return cls(engine, card, config)
 
     @property
     def gate_source(self) -> str:
-        return self.model.source
-
-    @property
-    def model(self) -> Any:
-        model = self.engine.model
-        return getattr(model, "_orig_mod", model)
+        return self.card.gate
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.segmenter.info.class_names)
+        return list(self.card.class_names)
 
     @property
     def num_classes(self) -> int:
@@ -130,19 +127,16 @@ class Predictor:
 
     @property
     def patch_size(self) -> int:
-        return int(self.segmenter.info.patch_size)
+        return int(self.card.patch_size)
 
     @property
     def mpp(self) -> float | None:
-        return self.segmenter.info.mpp
+        return self.card.mpp
 
     @property
     def palette(self) -> np.ndarray:
         """(C + 1, 3) uint8 colours, the last for background."""
-        palette = self.segmenter.info.palette
-        if palette is not None and len(palette) >= self.num_classes + 1:
-            return np.asarray(palette, dtype=np.uint8)
-        return default_palette(self.num_classes)
+        return self.card.palette_array()
 
     def __call__(self, windows: np.ndarray | torch.Tensor) -> WindowOutput:
         """Outputs for (B, P, P, 3) uint8 windows (through pinned memory on CUDA, so the copy
@@ -162,20 +156,23 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         """What produced a prediction (stored with it)."""
-        return {"segmenter": str(self.segmenter.path),
-                "classifier": None if self.classifier is None else str(self.classifier.path),
-                "gate": self.gate_source, "gate_threshold": self.model.threshold,
-                "gate_enabled": self.config.gate.enabled,
-                "precision": self.config.precision, "device": str(self.engine.device)}
+        return {**self.card.describe(), "device": str(self.engine.device)}
 
 
-def _check_pair(segmenter: LoadedModel, classifier: LoadedModel) -> None:
-    """The gate must speak about the segmenter's classes, in the same order."""
-    if list(classifier.info.class_names) != list(segmenter.info.class_names):
-        raise InputError(classifier.path, f"classifier classes {classifier.info.class_names} "
-                         f"differ from the segmenter's {segmenter.info.class_names} (expected "
-                         "the stage-1 classifier of the same dataset)")
-    a, b = classifier.info.mpp, segmenter.info.mpp
-    if a and b and abs(a - b) / b > 0.05:
-        log.warning("the classifier was trained at %.3g um/px and the segmenter at %.3g um/px;"
-                    " the gate sees the segmenter's windows", a, b)
+def open_exported(path: Path, classifier: Path | None, device: torch.device,
+                  config: PredictConfig) -> Any:
+    """The ONNX Runtime or TensorRT engine of an exported model; its gate is fixed inside."""
+    if classifier is not None:
+        raise UsageError(f"{path.name} carries its gate inside (exported with it); drop "
+                         "--classifier", option="--classifier")
+    if path.suffix.lower() == ".onnx":
+        engine = OnnxEngine.open(path, device)
+    else:
+        engine = TensorRTEngine.open(path)
+    baked = engine.card.gate_threshold
+    asked = config.gate.threshold if config.gate.enabled else None
+    if engine.card.gate != "none" and baked != asked:
+        raise UsageError(f"{path.name} was exported with the gate "
+                         f"{'off' if baked is None else f'at {baked}'}; export it again to "
+                         "change that", option="--gate-threshold/--no-gate")
+    return engine

@@ -184,7 +184,7 @@ def predict_slide(slide: PreparedSlide, targets: SlideTargets, predictor: Predic
             sinks = [map_sink, overlay, counts] + ([polygons] if polygons is not None else [])
             stitcher = BandStitcher(grid.width, grid.height, c, p, tiles,
                                     [TissueGate(plan, grid.width, grid.height, c, sinks)],
-                                    predictor.engine.device)
+                                    predictor.engine.device, overlap=grid.stride < p)
             batches = _tile_batches(strips.iter_read(strip_plan, reader),
                                     predictor.config.batch_size)
 

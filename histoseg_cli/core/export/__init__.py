@@ -1,0 +1,1 @@
+"""Stage 5: the gated segmenter as ONNX and TensorRT engines, verified against PyTorch."""

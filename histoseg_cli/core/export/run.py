@@ -1,0 +1,128 @@
+"""``histoseg export`` as one request: load, fuse, export, verify, (build an engine), describe.
+
+The ONNX file is always made first (for ``-o model.engine`` it is kept beside the engine) and
+verified in ONNX Runtime against PyTorch on real patches; an engine is verified the same way on
+its GPU. Nothing is kept that fails its verification.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from histoseg_cli.core.errors import InputError, UsageError
+from histoseg_cli.core.export.fused import FusedGatedSegmenter
+from histoseg_cli.core.export.onnx_export import export_onnx
+from histoseg_cli.core.export.tensorrt_build import EngineConfig, build_engine
+from histoseg_cli.core.export.verify import Verification, sample_patches, verify
+from histoseg_cli.core.inference.engine import InferenceEngine
+from histoseg_cli.core.inference.gate import GateConfig
+from histoseg_cli.core.inference.loading import load_gated
+from histoseg_cli.core.inference.onnx_runtime import OnnxEngine
+from histoseg_cli.core.inference.tensorrt_runtime import (TensorRTEngine, require_cuda,
+                                                          write_sidecar)
+
+log = logging.getLogger("histoseg")
+FORMATS = {".onnx": "onnx", ".engine": "engine", ".plan": "engine"}
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Everything ``export`` was asked; ``None`` means the format's default."""
+
+    segmenter: Path
+    output: Path
+    classifier: Path | None = None
+    format: str | None = None  # "onnx" | "engine"; default from the suffix of output
+    precision: str | None = None  # default fp32 for ONNX, fp16 for engines
+    gate: GateConfig = field(default_factory=GateConfig)
+    calib: Path | None = None  # patches artifact to verify on
+    samples: int = 32
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    @property
+    def resolved_format(self) -> str:
+        if self.format is not None:
+            if self.format not in ("onnx", "engine"):
+                raise UsageError("expected onnx or engine", option="--format")
+            return self.format
+        try:
+            return FORMATS[self.output.suffix.lower()]
+        except KeyError:
+            raise UsageError(f"{self.output}: name it .onnx or .engine, or pass --format",
+                             option="--output") from None
+
+    @property
+    def resolved_precision(self) -> str:
+        precision = self.precision or ("fp16" if self.resolved_format == "engine" else "fp32")
+        if precision not in ("fp32", "fp16"):
+            raise UsageError("expected fp32 or fp16", option="--precision")
+        return precision
+
+
+def _samples(req: ExportRequest, training_data: str | None, patch_size: int):  # noqa: ANN202
+    source = req.calib or (Path(training_data) if training_data else None)
+    if source is None or not source.is_file():
+        where = f" ({training_data} is gone)" if training_data else ""
+        raise InputError(req.segmenter, f"no patches to verify the export on{where}; pass "
+                         "--calib PATCHES.h5")
+    return sample_patches(source, req.samples, patch_size), str(source)
+
+
+def _verified(path: Path, check: Callable[[], Verification]) -> dict[str, object]:
+    """Run ``check``; a file that fails it is removed."""
+    try:
+        return check().as_dict()
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def run_export(req: ExportRequest) -> dict[str, Any]:
+    """Export, verify and describe; the result for stdout."""
+    fmt, precision = req.resolved_format, req.resolved_precision
+    for path, what in ((req.segmenter, "a train-seg run directory or checkpoint"),
+                       (req.classifier, "a train-cls run directory or checkpoint")):
+        if path is not None and not path.exists():
+            raise InputError(path, f"no such file or folder (expected {what})")
+    engine_config = replace(req.engine, precision=precision)
+    if fmt == "engine":
+        require_cuda()
+    cpu = torch.device("cpu")
+    gated, card = load_gated(req.segmenter, req.classifier, cpu, req.gate)
+    patches, source = _samples(req, card.sources.get("training_data"), card.patch_size)
+    reference = InferenceEngine.for_model(gated, None, cpu, "fp32")
+    fused = FusedGatedSegmenter(gated)
+    onnx_path = req.output if fmt == "onnx" else req.output.with_suffix(".onnx")
+    onnx_precision = ("fp16" if fmt == "onnx" and precision == "fp16"
+                      or fmt == "engine" and engine_config.strongly_typed else "fp32")
+    onnx_card = replace(card, runtime="onnx", precision=onnx_precision)
+    export_onnx(fused, onnx_card, onnx_path, precision=onnx_precision)
+    checks = {"onnx": _verified(onnx_path, lambda: verify(
+        reference, OnnxEngine.open(onnx_path, cpu), patches, source, onnx_precision))}
+    result: dict[str, Any] = {"output": str(req.output), "format": fmt,
+                              "precision": precision, "onnx": str(onnx_path),
+                              "classes": card.class_names, "patch_size": card.patch_size,
+                              "gate": card.gate, "gate_threshold": card.gate_threshold}
+    if fmt == "engine":
+        built = build_engine(onnx_path, req.output, card.patch_size, engine_config)
+        engine_card = replace(card, runtime="tensorrt", precision=precision,
+                              extra={"tensorrt": built})
+        write_sidecar(req.output, engine_card)
+        gpu = torch.device("cuda", torch.cuda.current_device())
+        reference = InferenceEngine.for_model(gated.to(gpu), None, gpu, "fp32")
+        engine = TensorRTEngine.open(req.output)
+        checks["engine"] = _verified(req.output, lambda: verify(
+            reference, engine, patches, source, precision, min(engine.max_batch, 8)))
+        result["tensorrt"] = built
+    result["verification"] = checks
+    for name, check in checks.items():
+        log.info("%s vs PyTorch on %d patches of %s: %.4f%% of pixels labelled alike, max "
+                 "probability difference %.2g", name, check["patches"], source,
+                 100 * check["label_agreement"], check["max_prob_diff"])
+    return result
