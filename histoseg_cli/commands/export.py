@@ -9,8 +9,8 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
+from histoseg_cli.commands.gate_options import Classifier, GateThreshold, NoGate
 
-GATE = "Gate"
 ENGINE = "TensorRT engines"
 
 
@@ -21,16 +21,9 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="model.onnx or model.engine "
                                          "(the ONNX file is kept beside an engine).",
                                          show_default=False)],
-    classifier: Annotated[Path | None, typer.Option(
-        "--classifier", help="train-cls run directory or checkpoint: the stage-1 classifier "
-        "as gate \\[default: the segmenter's gate head if it has one].", rich_help_panel=GATE,
-        show_default=False)] = None,
-    gate_threshold: Annotated[float, typer.Option(
-        "--gate-threshold", help="Classes with gate probability <= this are masked out "
-        "(fixed in the export).", rich_help_panel=GATE)] = 0.1,
-    no_gate: Annotated[bool, typer.Option(
-        "--no-gate", help="Export without applying the gate (its probabilities are still an "
-        "output).", rich_help_panel=GATE)] = False,
+    classifier: Classifier = None,
+    gate_threshold: GateThreshold = 0.1,
+    no_gate: NoGate = False,
     format: Annotated[str | None, typer.Option(
         "--format", help="onnx | engine \\[default: from the -o suffix].",
         show_default=False)] = None,
@@ -62,7 +55,8 @@ def export(
     softmax with its ungated fallback and the argmax; outputs labels (uint8), probs and gate;
     dynamic batch, fixed patch size. The export is verified against PyTorch on real patches
     (label agreement and max probability difference are printed) and refused below 99.9%
-    agreement in fp32. histoseg predict runs the result like a checkpoint.
+    agreement in fp32. The gate threshold is fixed in the export. histoseg predict runs the
+    result like a checkpoint.
 
     [b]Examples[/b]
 

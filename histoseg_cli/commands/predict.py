@@ -9,10 +9,10 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
+from histoseg_cli.commands.gate_options import Classifier, GateThreshold, NoGate
 from histoseg_cli.core.device import DEVICE_CHOICES
 from histoseg_cli.core.errors import HistosegError
 
-GATE = "Gate"
 SLIDES = "Slides"
 RUN = "Run"
 
@@ -29,16 +29,9 @@ def predict(
                                          "overlays/, or per-slide outputs and manifest.csv); "
                                          "for one artifact or slide also the .h5 to write, "
                                          "for one image the .png.", show_default=False)],
-    classifier: Annotated[Path | None, typer.Option(
-        "--classifier", help="train-cls run directory or checkpoint: the stage-1 classifier "
-        "as gate \\[default: the segmenter's gate head if it has one].", rich_help_panel=GATE,
-        show_default=False)] = None,
-    gate_threshold: Annotated[float, typer.Option(
-        "--gate-threshold", help="Classes with gate probability <= this are masked out of a "
-        "window.", rich_help_panel=GATE)] = 0.1,
-    no_gate: Annotated[bool, typer.Option(
-        "--no-gate", help="Do not apply the gate (its probabilities are still saved).",
-        rich_help_panel=GATE)] = False,
+    classifier: Classifier = None,
+    gate_threshold: GateThreshold = 0.1,
+    no_gate: NoGate = False,
     stride: Annotated[int | None, typer.Option(
         "--stride", min=1, help="Window step in pixels; overlaps are blended \\[default: half "
         "a window for images, a window for slides].", show_default=False)] = None,
