@@ -169,6 +169,9 @@ def test_bad_inputs_are_one_line_errors(models: dict[str, Path], tmp_path: Path)
     assert code == 1 and "has 16 px patches; the segmenter was trained on 32 px" in err
     code, _, err = run(models["seg"], data, "-o", tmp_path / "x.h5", "--gate-threshold", "1.5")
     assert code == 2 and "--gate-threshold" in err
+    (tmp_path / "img.png").write_bytes(b"")  # a folder of images, predicted into itself
+    code, _, err = run(models["seg"], tmp_path, "-o", tmp_path, "--device", "cpu")
+    assert code == 2 and "is the input folder" in err
     code, _, err = run(models["plain"], data, "-o", tmp_path / "y.h5", "--device", "cpu")
     assert code == 0 and "no gate" in err
 

@@ -91,6 +91,9 @@ def _folder_output(req: PredictRequest) -> Path:
     if req.output.suffix.lower() in ARTIFACT_SUFFIXES + (".png",):
         raise UsageError(f"{req.output}: {req.input} is a folder, so -o must be a folder",
                          option="--output")
+    if req.output.resolve() == req.input.resolve():
+        raise UsageError(f"{req.output} is the input folder; label PNGs named like the "
+                         "images would replace them: write them elsewhere", option="--output")
     return req.output
 
 
