@@ -108,7 +108,7 @@ def test_a_failed_verification_keeps_nothing(models: dict[str, Path], tmp_path: 
                                              monkeypatch: pytest.MonkeyPatch):
     from histoseg_cli.core.export import verify
 
-    monkeypatch.setattr(verify, "MIN_AGREEMENT", 1.01)  # no export can pass
+    monkeypatch.setitem(verify.MIN_AGREEMENT, "fp32", 1.01)  # no export can pass
     calib = write_patches(tmp_path / "calib.h5", n=4, size=PATCH)
     code, _, err = run("export", models["plain"], "-o", tmp_path / "m.onnx", "--calib", calib,
                        "--samples", "2")

@@ -55,8 +55,8 @@ def export(
     softmax with its ungated fallback and the argmax; outputs labels (uint8), probs and gate;
     dynamic batch, fixed patch size. The export is verified against PyTorch on real patches
     (label agreement and max probability difference are printed) and refused below 99.9%
-    agreement in fp32. The gate threshold is fixed in the export. histoseg predict runs the
-    result like a checkpoint.
+    agreement in fp32 (99% in fp16, which can overflow). The gate threshold is fixed in the
+    export. histoseg predict runs the result like a checkpoint.
 
     [b]Examples[/b]
 

@@ -17,8 +17,9 @@ import torch
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import HistosegError, InputError
 
-#: Least label agreement an fp32 export must reach.
-MIN_AGREEMENT = 0.999
+#: Least label agreement an export must reach, per precision (fp16 can overflow: a ResNet-38
+#: with unlucky activations gives garbage in float16, and this is where it shows).
+MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.99}
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ def compare(reference: dict[str, torch.Tensor], exported: dict[str, torch.Tensor
 
 def verify(reference, exported, patches: np.ndarray, source: str,  # noqa: ANN001
            precision: str, batch_size: int = 8) -> Verification:
-    """Run both engines (callables: uint8 batch -> outputs) on ``patches`` and compare;
-    an fp32 export below :data:`MIN_AGREEMENT` raises."""
+    """Run both engines (callables: uint8 batch -> outputs) on ``patches`` and compare; an
+    export below its precision's :data:`MIN_AGREEMENT` raises."""
     agree, pixels, worst, worst_gate = 0.0, 0, 0.0, None
     for s in range(0, len(patches), batch_size):
         batch = patches[s:s + batch_size]
@@ -78,8 +79,10 @@ def verify(reference, exported, patches: np.ndarray, source: str,  # noqa: ANN00
         if g is not None:
             worst_gate = max(worst_gate or 0.0, g)
     result = Verification(len(patches), agree / max(pixels, 1), worst, worst_gate, source)
-    if precision == "fp32" and result.agreement < MIN_AGREEMENT:
+    least = MIN_AGREEMENT[precision]
+    if result.agreement < least:
+        hint = "; try --precision fp32" if precision == "fp16" else ""
         raise HistosegError(f"the export labels only {result.agreement:.4%} of pixels like "
                             f"PyTorch on {result.patches} patches of {source} (at least "
-                            f"{MIN_AGREEMENT:.1%} expected for fp32); not kept")
+                            f"{least:.1%} expected for {precision}); not kept{hint}")
     return result
