@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.progress import Progress
 from rich.table import Table
 
 from histoseg_cli.core.data.reader import Artifact
@@ -23,9 +24,10 @@ from histoseg_cli.core.atomic import write_csv_atomic
 from histoseg_cli.core.errors import HistosegError, InputError
 from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.parallel import ordered_futures
-from histoseg_cli.core.slides.extract import SlideConfig, SlideResult, prepare_slide, tile_slide
-from histoseg_cli.core.slides.reader import SLIDE_SUFFIXES
-from histoseg_cli.core.slides.tiler import StripReader
+from histoseg_cli.core.slides.extract import (SlideConfig, SlideResult, SlideTiling,
+                                               prepare_slide, slide_encoder)
+from histoseg_cli.core.slides.reader import SLIDE_SUFFIXES, SlideReader
+from histoseg_cli.core.slides.tiler import StripReader, load_strip
 
 log = logging.getLogger("histoseg")
 
@@ -179,44 +181,75 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
             log.info("%s: complete output %s, skipped (--overwrite redoes it)", slide.name,
                      artifact)
     outcomes = lambda: [done[k] for k in sorted(done)]  # noqa: E731
+
+    def fail(i: int, err: BaseException) -> None:
+        message = _describe_failure(slides[i], err)
+        log.error("%s", message)
+        log.debug("details", exc_info=err)
+        done[i] = SlideOutcome(slides[i], "failed", *targets[i], error=message)
+
     with StripReader(workers) as strips, reporter.bar("tiling", unit="tiles") as bar, \
             ThreadPoolExecutor(1) as preparing:
         strips.start()
         overall = bar.add_task(f"all slides ({len(done)}/{len(slides)})", total=None)
-        # the next slide is opened and planned (thumbnail, tissue) while this one is tiled
-        prepared = ordered_futures(preparing, lambda i: prepare_slide(slides[i], config),
-                                   todo, ahead=2)
-        for i, future in zip(todo, prepared):
-            slide, (artifact, preview) = slides[i], targets[i]
-            task = bar.add_task(slide.name, total=None)
-            seen = [0]
 
-            def advance(n: int, total: int, task: int = task, seen: list[int] = seen) -> None:
-                bar.update(task, total=total, completed=n)
-                bar.advance(overall, n - seen[0])
-                seen[0] = n
+        def items() -> Iterator[object]:
+            """Every slide's strips in one stream: the next slide is prepared (thumbnail,
+            tissue) in a thread, and its first strips read, while this one is finishing."""
+            prepared = ordered_futures(preparing, lambda i: prepare_slide(slides[i], config),
+                                       todo, ahead=2)
+            for i, future in zip(todo, prepared):
+                try:
+                    tiling = SlideTiling(future.result(), *targets[i], config)
+                except Exception as err:  # noqa: BLE001 - reported, the others go on
+                    yield _Begin(i, None, err)
+                    continue
+                yield _Begin(i, tiling)
+                yield from tiling.strips
+                yield _End(i)
 
-            try:
-                result = tile_slide(future.result(), artifact, preview, config, strips,
-                                    advance)
-            except KeyboardInterrupt:
-                raise
-            except Exception as err:  # noqa: BLE001 - one bad slide must not stop the others
-                if isinstance(err, BrokenProcessPool):
-                    strips.reset()
-                message = _describe_failure(slide, err)
-                log.error("%s", message)
-                log.debug("details", exc_info=True)
-                done[i] = SlideOutcome(slide, "failed", artifact, preview, error=message)
-            else:
-                done[i] = SlideOutcome(slide, "done", artifact, preview, result.patches,
-                                       result=result)
-                log.info("%s: %d patches in %.1f s (%.0f tiles/s)", slide.name, result.patches,
-                         result.seconds, result.tiles_per_s)
-            finally:
-                bar.remove_task(task)
-            bar.update(overall, description=f"all slides ({len(done)}/{len(slides)})")
-            write_manifest(manifest, outcomes())
+        current: _Begin | None = None
+        reset = False
+        for item, future in strips.stream(items(), slide_encoder(config)):
+            if isinstance(item, _Begin):
+                if item.tiling is None:
+                    fail(item.index, item.error)
+                    continue
+                current = item
+                current.start(bar, overall)
+            elif isinstance(item, _End):
+                if current is not None and current.index == item.index:
+                    result = current.finish()
+                    done[item.index] = SlideOutcome(slides[item.index], "done",
+                                                    *targets[item.index], result.patches,
+                                                    result=result)
+                    log.info("%s: %d patches in %.1f s (%.0f tiles/s)",
+                             slides[item.index].name, result.patches, result.seconds,
+                             result.tiles_per_s)
+                    current = None
+                bar.update(overall, description=f"all slides ({len(done)}/{len(slides)})")
+                write_manifest(manifest, outcomes())
+            elif current is not None:  # a strip of the current slide (a failed one's: dropped)
+                try:
+                    try:
+                        patches = future.result()
+                    except BrokenProcessPool:
+                        if not reset:
+                            raise
+                        # read before an earlier slide broke the pool: read it again here
+                        patches = load_strip(current.tiling.reader, item, slide_encoder(config))
+                    current.tiling.add(item, patches)
+                except KeyboardInterrupt:
+                    current.abort()
+                    raise
+                except Exception as err:  # noqa: BLE001 - one bad slide must not stop others
+                    if isinstance(err, BrokenProcessPool):
+                        strips.reset()
+                        reset = True
+                    current.abort()
+                    fail(current.index, err)
+                    current = None
+                    write_manifest(manifest, outcomes())
         tiles = next(t.completed for t in bar.tasks if t.id == overall)
         bar.update(overall, description=f"all slides ({len(slides)}/{len(slides)})",
                    total=tiles)
@@ -226,6 +259,50 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
     if reporter.enabled:
         reporter.console.print(summary_table(summary))
     return summary
+
+
+@dataclass
+class _Begin:
+    """Stream marker: slide ``index`` begins (its strips follow), or failed to prepare."""
+
+    index: int
+    tiling: SlideTiling | None
+    error: BaseException | None = None
+    task: int | None = None
+
+    @property
+    def reader(self) -> SlideReader | None:
+        return None if self.tiling is None else self.tiling.reader
+
+    def start(self, bar: Progress, overall: int) -> None:
+        """Show this slide's bar; the overall bar advances with it."""
+        self.task = bar.add_task(self.tiling.slide.path.name, total=None)
+        seen = [0]
+
+        def advance(n: int, total: int) -> None:
+            bar.update(self.task, total=total, completed=n)
+            bar.advance(overall, n - seen[0])
+            seen[0] = n
+
+        self.tiling.progress = advance
+        self._bar = bar
+
+    def finish(self) -> SlideResult:
+        try:
+            return self.tiling.finish()
+        finally:
+            self._bar.remove_task(self.task)
+
+    def abort(self) -> None:
+        self.tiling.abort()
+        self._bar.remove_task(self.task)
+
+
+@dataclass
+class _End:
+    """Stream marker: slide ``index``'s strips are all through."""
+
+    index: int
 
 
 def summary_table(summary: BatchSummary) -> Table:

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from histoseg_cli.core.imageio import save_png
 from histoseg_cli.core.slides.preview import render_preview
 from histoseg_cli.core.slides.reader import SlideReader
 from histoseg_cli.core.slides.resolution import Resolution, Target, choose_resolution
-from histoseg_cli.core.slides.tiler import Grid, StripReader, plan_strips
+from histoseg_cli.core.slides.tiler import Encode, Grid, Strip, plan_strips
 from histoseg_cli.core.slides.tissue import (TissueConfig, TissueMask, detect_tissue,
                                               tile_fractions)
 
@@ -185,17 +186,29 @@ def prepare_slide(path: Path, config: SlideConfig, preview: bool = True) -> Prep
     return PreparedSlide(path, reader, plan, image, time.perf_counter() - start)
 
 
-def tile_slide(slide: PreparedSlide, output: Path, preview_path: Path, config: SlideConfig,
-               strips: StripReader, progress: Progress | None = None) -> SlideResult:
-    """Tile one prepared slide into ``output`` (artifact) and ``preview_path`` (PNG); the
-    slide is closed afterwards."""
-    start = time.perf_counter() - slide.seconds
-    path, reader, plan = slide.path, slide.reader, slide.plan
-    with reader:
-        res, grid, mask, tiles = plan.resolution, plan.grid, plan.tissue, plan.tiles
-        n_grid = len(grid.origins())
+def slide_encoder(config: SlideConfig) -> Encode | None:
+    """What the reading workers make of a strip's patches: stored chunks (gzip, raw), or
+    nothing (patches are compressed by the writer)."""
+    if config.compression in ENCODABLE:
+        return partial(encode_patches, compression=config.compression)
+    return None
+
+
+class SlideTiling:
+    """One prepared slide being written: its strip plan and open artifact writer. Strips'
+    patches (or encoded chunks) are :meth:`add`-ed in plan order, then :meth:`finish` names
+    the artifact and writes the preview, or :meth:`abort` leaves nothing."""
+
+    def __init__(self, slide: PreparedSlide, output: Path, preview_path: Path,
+                 config: SlideConfig, progress: Progress | None = None) -> None:
+        self.slide, self.output, self.preview_path = slide, output, preview_path
+        self.config, self.progress = config, progress
+        self.start = time.perf_counter() - slide.seconds
+        path, reader, plan = slide.path, slide.reader, slide.plan
+        res, grid, mask = plan.resolution, plan.grid, plan.tissue
+        self.grid_tiles = len(grid.origins())
         log.debug("%s: level %d (downsample %.3f), %d of %d tiles with tissue", path.name,
-                  res.level, res.level_downsample, len(tiles), n_grid)
+                  res.level, res.level_downsample, len(plan.tiles), self.grid_tiles)
         meta = ArtifactMeta(
             class_names=[], patch_size=config.patch_size, mpp=res.mpp,
             magnification=res.magnification, source=str(path), created_by="tile",
@@ -206,29 +219,51 @@ def tile_slide(slide: PreparedSlide, output: Path, preview_path: Path, config: S
                    "pixel_source": reader.pixel_source(res.level),
                    "downsample": res.downsample, "stride": grid.stride,
                    "min_tissue": config.min_tissue, "tissue_fraction": mask.fraction,
-                   "tissue_threshold": mask.threshold, "grid_tiles": n_grid},
+                   "tissue_threshold": mask.threshold, "grid_tiles": self.grid_tiles},
         )
-        stem = path.stem
-        strip_plan = plan_strips(tiles, grid, path=path, level=res.level,
-                                 level_downsample=res.level_downsample, scale=res.scale,
-                                 file_tile=reader.info.tile_size(res.level))
-        encoded = config.compression in ENCODABLE
-        encode = partial(encode_patches, compression=config.compression) if encoded else None
-        with ArtifactWriter(output, meta, coords=True, compression=config.compression) as writer:
-            streaming = time.perf_counter()
-            done = 0
-            for strip, patches in strips.iter_read(strip_plan, reader, encode):
-                c = np.round(strip.tiles * res.downsample).astype(np.int64)
-                names = [f"{stem}_{x}_{y}" for x, y in c]
-                if encoded:
-                    writer.append_encoded(patches, names, coords=c)
-                else:
-                    writer.append(patches, names, coords=c)
-                done += len(patches)
-                if progress is not None:
-                    progress(done, len(tiles))
-            stream_seconds = time.perf_counter() - streaming
-            writer.set_attrs("coords", **_coords_attrs(stem, config, res, reader, grid))
-            save_png(preview_path, slide.preview)
-    return SlideResult(path, output, preview_path, len(tiles), n_grid, res, mask.fraction,
-                       time.perf_counter() - start, stream_seconds)
+        self.strips = plan_strips(plan.tiles, grid, path=path, level=res.level,
+                                  level_downsample=res.level_downsample, scale=res.scale,
+                                  file_tile=reader.info.tile_size(res.level))
+        self.encoded = slide_encoder(config) is not None
+        self.writer = ArtifactWriter(output, meta, coords=True, compression=config.compression)
+        self.done = 0
+        self.streaming = time.perf_counter()
+
+    @property
+    def reader(self) -> SlideReader:
+        """The open slide (strips read in this process use it)."""
+        return self.slide.reader
+
+    def add(self, strip: Strip, patches: Any) -> None:
+        """Append one strip's patches (or chunks encoded by :func:`slide_encoder`)."""
+        res = self.slide.plan.resolution
+        c = np.round(strip.tiles * res.downsample).astype(np.int64)
+        names = [f"{self.slide.path.stem}_{x}_{y}" for x, y in c]
+        if self.encoded:
+            self.writer.append_encoded(patches, names, coords=c)
+        else:
+            self.writer.append(patches, names, coords=c)
+        self.done += len(c)
+        if self.progress is not None:
+            self.progress(self.done, len(self.slide.plan.tiles))
+
+    def finish(self) -> SlideResult:
+        """Name the artifact, write the preview, close the slide."""
+        plan, stem = self.slide.plan, self.slide.path.stem
+        try:
+            stream_seconds = time.perf_counter() - self.streaming
+            self.writer.set_attrs("coords", **_coords_attrs(stem, self.config, plan.resolution,
+                                                            self.reader, plan.grid))
+            save_png(self.preview_path, self.slide.preview)
+            self.writer.close()
+        except BaseException:
+            self.abort()
+            raise
+        self.slide.close()
+        return SlideResult(self.slide.path, self.output, self.preview_path, len(plan.tiles),
+                           self.grid_tiles, plan.resolution, plan.tissue.fraction,
+                           time.perf_counter() - self.start, stream_seconds)
+
+    def abort(self) -> None:
+        self.writer.abort()
+        self.slide.close()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 import math
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,9 +157,19 @@ def read_strip(reader: SlideReader, strip: Strip) -> np.ndarray:
 Encode = Callable[[np.ndarray], Any]
 
 
-def _load(reader: SlideReader, strip: Strip, encode: Encode | None) -> Any:
+def load_strip(reader: SlideReader, strip: Strip, encode: Encode | None) -> Any:
     patches = read_strip(reader, strip)
     return patches if encode is None else encode(patches)
+
+
+class _Deferred:
+    """A future's ``result()`` for work done in this process when first asked for."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self.work = work
+
+    def result(self) -> Any:
+        return self.work()
 
 
 def _ready() -> bool:
@@ -176,7 +187,7 @@ class _WorkerSlides:
             if cls.reader is not None:
                 cls.reader.close()
             cls.reader = SlideReader(strip.path)
-        return _load(cls.reader, strip, encode)
+        return load_strip(cls.reader, strip, encode)
 
 
 class StripReader:
@@ -203,10 +214,38 @@ class StripReader:
         used when there is a single worker."""
         if self.workers == 1:
             for strip in strips:
-                yield strip, _load(reader, strip, encode)
+                yield strip, load_strip(reader, strip, encode)
             return
         load = functools.partial(_WorkerSlides.load, encode=encode)
         yield from zip(strips, ordered_map(self._executor(), load, strips, 2 * self.workers))
+
+    def stream(self, items: Iterable[Any], encode: Encode | None = None
+               ) -> Iterator[tuple[Any, Future[Any] | _Deferred | None]]:
+        """``(item, future)`` in the order of ``items``, across slides: for a :class:`Strip`
+        the future gives its patches, read in the workers with at most ``2 * workers`` in
+        flight, so the next slide's first strips are read while this one's last are written;
+        anything else (a caller's marker, e.g. "slide i begins") comes back with ``None``.
+        With one worker, strips are read here when their result is asked for, with the reader
+        of the last marker that carries one (``marker.reader``)."""
+        pending: deque[tuple[Any, Future[Any] | _Deferred | None]] = deque()
+        reads = 0
+        reader: SlideReader | None = None
+        load = functools.partial(_WorkerSlides.load, encode=encode)
+        for item in items:
+            if not isinstance(item, Strip):
+                reader = getattr(item, "reader", reader)
+                pending.append((item, None))
+            elif self.workers == 1:  # read when the caller asks (a dropped strip never is)
+                pending.append((item, _Deferred(functools.partial(load_strip, reader, item,
+                                                                  encode))))
+            else:
+                pending.append((item, self._executor().submit(load, item)))
+                reads += 1
+            while pending and (self.workers == 1 or reads >= 2 * self.workers):
+                item, future = pending.popleft()
+                reads -= self.workers > 1 and future is not None
+                yield item, future
+        yield from pending
 
     def start(self) -> None:
         """Start the worker processes now, in the background: they import while the caller
