@@ -158,6 +158,8 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
         raise InputError(req.input, "holds no images or slides to predict")
     started = time.perf_counter()
     mine = jobs[ctx.rank::ctx.world_size]
+    if not ctx.is_main:
+        reporter = SILENT  # one set of progress bars: rank 0's
     folder = mode in ("images", "slides")
     manifest = req.output / MANIFEST if folder else None
     slides = mode in ("slide", "slides")
