@@ -59,7 +59,6 @@ class BatchedMap:
                 yield s, e, self(batch)  # type: ignore[operator]
 
 
-
 @dataclass
 class InferenceEngine(BatchedMap):
     """A network in eval mode with its input normalisation, device and precision."""
