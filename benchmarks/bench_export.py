@@ -4,7 +4,9 @@ Same random weights and uint8 patches for every runtime, in one process:
 
 * PyTorch fp32 eager (the baseline): the gated segmenter through the inference engine;
 * PyTorch bf16 autocast (+ ``torch.compile`` with --compile), where the device supports it;
-* ONNX Runtime on the exported fp32 graph (CPU, or CUDA with onnxruntime-gpu), and fp16;
+* ONNX Runtime on the exported fp32 graph (CPU, or CUDA with onnxruntime-gpu), fp16, and
+  int8 (the fp32 graph quantized by ONNX Runtime's static quantizer, calibrated on patches
+  drawn apart from the timed ones);
 * TensorRT fp16, when tensorrt and a GPU are present.
 
 Label agreement with the baseline is printed for each. Configurations: the paper's
@@ -35,6 +37,7 @@ from benchmarks.harness import machine  # noqa: E402
 from histoseg_cli.core.device import resolve_device  # noqa: E402
 from histoseg_cli.core.export.fused import FusedGatedSegmenter  # noqa: E402
 from histoseg_cli.core.export.onnx_export import export_onnx  # noqa: E402
+from histoseg_cli.core.export.quantize import quantize_onnx  # noqa: E402
 from histoseg_cli.core.inference.card import ModelCard  # noqa: E402
 from histoseg_cli.core.inference.engine import InferenceEngine  # noqa: E402
 from histoseg_cli.core.inference.gate import GatedSegmenter  # noqa: E402
@@ -81,6 +84,12 @@ def main() -> None:
         export_onnx(FusedGatedSegmenter(gated), card, path, precision=precision)
         files[precision] = path
         print(f"exported {path.name} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 256, (args.batch * args.batches, args.size, args.size, 3),
+                           dtype=np.uint8)
+    calibration = rng.integers(0, 256, (32, args.size, args.size, 3), dtype=np.uint8)
+    files["int8"] = quantize_onnx(files["fp32"], args.cache / f"export-{tag}-int8.onnx",
+                                  card, calibration)
 
     runtimes = {"pytorch fp32 eager": InferenceEngine.for_model(gated, None, device, "fp32",
                                                                 channels_last=False)}
@@ -103,9 +112,6 @@ def main() -> None:
         write_sidecar(engine_path, ModelCard(**{**card.__dict__, "extra": {"tensorrt": built}}))
         runtimes["tensorrt fp16"] = TensorRTEngine.open(engine_path)
 
-    rng = np.random.default_rng(0)
-    patches = rng.integers(0, 256, (args.batch * args.batches, args.size, args.size, 3),
-                           dtype=np.uint8)
     best = {name: np.inf for name in runtimes}
     labels = {}
     for engine in runtimes.values():

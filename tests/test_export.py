@@ -104,6 +104,33 @@ def test_fp16_export_runs_in_onnxruntime(models: dict[str, Path], exported: dict
 
 
 @pytest.mark.slow
+def test_int8_export_is_quantized_verified_and_predicts(
+        models: dict[str, Path], exported: dict[str, Path], tmp_path: Path):
+    import onnx
+
+    path = tmp_path / "int8.onnx"
+    code, stdout, err = run("export", models["seg"], "--classifier", models["cls"], "-o", path,
+                            "--calib", exported["calib"], "--samples", "6", "--precision",
+                            "int8", "--json", "-q")
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["precision"] == "int8"
+    assert result["verification"]["onnx"]["label_agreement"] >= 0.98
+    model = onnx.load(path)
+    ops = {node.op_type for node in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    card = json.loads({p.key: p.value for p in model.metadata_props}["histoseg"])
+    assert card["precision"] == "int8" and card["class_names"] == CLASSES
+    assert [p.name for p in tmp_path.iterdir()] == ["int8.onnx"]  # no fp32 leftover
+    code, _, err = run("predict", path, exported["calib"], "-o", tmp_path / "pred.h5",
+                       "--device", "cpu", "-q")
+    assert code == 0, err
+    with Artifact(tmp_path / "pred.h5") as pred:
+        assert pred.dataset("predictions").shape == (12, PATCH, PATCH)
+        assert pred.meta.extra["runtime"] == "onnx"
+
+
+@pytest.mark.slow
 def test_a_failed_verification_keeps_nothing(models: dict[str, Path], tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch):
     from histoseg_cli.core.export import verify
@@ -119,8 +146,11 @@ def test_a_failed_verification_keeps_nothing(models: dict[str, Path], tmp_path: 
 def test_export_errors_are_one_line(models: dict[str, Path], tmp_path: Path):
     code, _, err = run("export", models["seg"], "-o", tmp_path / "m.bin")
     assert code == 2 and "name it .onnx or .engine" in err
-    code, _, err = run("export", models["seg"], "-o", tmp_path / "m.onnx", "--precision", "int8")
+    code, _, err = run("export", models["seg"], "-o", tmp_path / "m.onnx", "--precision", "int4")
     assert code == 2 and "--precision" in err
+    code, _, err = run("export", models["seg"], "-o", tmp_path / "m.engine", "--precision",
+                       "int8")
+    assert code == 2 and "int8 is for ONNX files" in err
     code, _, err = run("export", tmp_path / "none", "-o", tmp_path / "m.onnx")
     assert code == 1 and "no such file or folder" in err
     code, _, err = run("export", models["seg"], "-o", tmp_path / "m.onnx", "--calib",

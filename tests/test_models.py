@@ -59,8 +59,9 @@ def test_resnet38d_relu_last_layer_and_stride() -> None:
     assert net.layer_channels == (32, 64, 256)
 
 
-def test_timm_encoder_output_stride_8() -> None:
-    net = build_backbone("resnet18").eval()
+@pytest.mark.parametrize("name", ["resnet18", "resnet10t"])
+def test_timm_encoder_output_stride_8(name: str) -> None:
+    net = build_backbone(name).eval()
     layers = net(torch.rand(1, 3, 64, 64))
     assert list(layers) == list(net.cam_layers) == ["layer2", "layer3", "layer4"]
     assert [tuple(v.shape[1:]) for v in layers.values()] == [(128, 8, 8), (256, 8, 8),

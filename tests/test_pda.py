@@ -19,7 +19,9 @@ def direct_pda(features: torch.Tensor, weight: torch.Tensor, mu: float) -> torch
             cam = torch.einsum("chw,c->hw", features[i], weight[k, :, 0, 0]).clamp(min=0)
             beta = mu * cam.max()
             attention += torch.where(cam > beta, torch.zeros_like(cam), cam)
-        out[i] = features[i] * (attention / c)
+        attention /= c
+        peak = attention.max()
+        out[i] = features[i] * (attention / peak if peak > 0 else torch.ones_like(attention))
     return out
 
 
@@ -35,6 +37,21 @@ def test_pda_matches_direct_computation() -> None:
     cams = torch.einsum("bchw,kc->bkhw", features, weight[:, :, 0, 0]).clamp(min=0)
     assert (cams > 0.8 * cams.amax(dim=(2, 3), keepdim=True)).any()
     assert not torch.allclose(got, features)
+
+
+def test_pda_attention_never_scales_up_or_kills_a_sample() -> None:
+    """The attention only redistributes (<= 1, its peak at 1); a sample with no positive CAM
+    keeps its features instead of going to zero (a state with zero gradients)."""
+    gen = torch.Generator().manual_seed(1)
+    features = torch.rand(2, 6, 5, 5, generator=gen) * 10
+    weight = torch.randn(3, 6, 1, 1, generator=gen).abs()
+    features[1].zero_()  # every CAM of sample 1 is 0
+    out = ProgressiveDropoutAttention(mu=0.9)(features, weight)
+    ratio = out[0] / features[0]
+    assert ratio.max() == pytest.approx(1.0) and ratio.min() >= 0
+    assert torch.equal(out[1], features[1])
+    negative = -weight  # all CAMs <= 0 everywhere: features pass unchanged
+    assert torch.equal(ProgressiveDropoutAttention(mu=0.9)(features, negative), features)
 
 
 def test_pda_gradients_flow_through_attention() -> None:

@@ -28,11 +28,12 @@ def export(
         "--format", help="onnx | engine \\[default: from the -o suffix].",
         show_default=False)] = None,
     precision: Annotated[str | None, typer.Option(
-        "--precision", help="fp32 | fp16 \\[default: fp32 for ONNX, fp16 for engines].",
+        "--precision", help="fp32 | fp16 | int8 (ONNX for CPUs, calibrated on --calib "
+        "patches) \\[default: fp32 for ONNX, fp16 for engines].",
         show_default=False)] = None,
     calib: Annotated[Path | None, typer.Option(
-        "--calib", help="Patches artifact to verify the export on \\[default: the "
-        "segmenter's training artifact].", show_default=False)] = None,
+        "--calib", help="Patches artifact to verify (and calibrate int8) the export on "
+        "\\[default: the segmenter's training artifact].", show_default=False)] = None,
     samples: Annotated[int, typer.Option("--samples", min=1,
                                          help="Patches the export is verified on.")] = 32,
     min_batch: Annotated[int, typer.Option("--min-batch", min=1, help="Smallest batch.",
@@ -55,12 +56,14 @@ def export(
     softmax with its ungated fallback and the argmax; outputs labels (uint8), probs and gate;
     dynamic batch, fixed patch size. The export is verified against PyTorch on real patches
     (label agreement and max probability difference are printed) and refused below 99.9%
-    agreement in fp32 (99% in fp16, which can overflow). The gate threshold is fixed in the
-    export. histoseg predict runs the result like a checkpoint.
+    agreement in fp32 (99% in fp16, which can overflow; 98% in int8, whose convolutions are
+    quantized after calibration on real patches). The gate threshold is fixed in the export. histoseg predict runs the result like a checkpoint.
 
     [b]Examples[/b]
 
       histoseg export runs/seg --classifier runs/cls -o model.onnx
+
+      histoseg export runs/seg --classifier runs/cls -o model-int8.onnx --precision int8
 
       histoseg export runs/seg --classifier runs/cls -o model.engine --max-batch 128 --timing-cache trt.cache
     """

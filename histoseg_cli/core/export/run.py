@@ -13,14 +13,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.export.fused import FusedGatedSegmenter
 from histoseg_cli.core.export.onnx_export import export_onnx
+from histoseg_cli.core.export.quantize import quantize_onnx
 from histoseg_cli.core.export.tensorrt_build import EngineConfig, build_engine
 from histoseg_cli.core.export.verify import Verification, sample_patches, verify
 from histoseg_cli.core.inference.engine import InferenceEngine
+from histoseg_cli.core.inference.card import ModelCard
 from histoseg_cli.core.inference.gate import GateConfig
 from histoseg_cli.core.inference.loading import load_gated
 from histoseg_cli.core.inference.onnx_runtime import OnnxEngine
@@ -29,6 +32,8 @@ from histoseg_cli.core.inference.tensorrt_runtime import (TensorRTEngine, requir
 
 log = logging.getLogger("histoseg")
 FORMATS = {".onnx": "onnx", ".engine": "engine", ".plan": "engine"}
+#: Patches an int8 export is calibrated on (drawn apart from the verification sample).
+CALIBRATION_PATCHES = 64
 
 
 @dataclass(frozen=True)
@@ -59,19 +64,38 @@ class ExportRequest:
 
     @property
     def resolved_precision(self) -> str:
-        precision = self.precision or ("fp16" if self.resolved_format == "engine" else "fp32")
-        if precision not in ("fp32", "fp16"):
-            raise UsageError("expected fp32 or fp16", option="--precision")
+        fmt = self.resolved_format
+        precision = self.precision or ("fp16" if fmt == "engine" else "fp32")
+        if precision not in ("fp32", "fp16", "int8"):
+            raise UsageError("expected fp32, fp16 or int8", option="--precision")
+        if precision == "int8" and fmt != "onnx":
+            raise UsageError("int8 is for ONNX files run on CPUs; engines take fp16 or fp32",
+                             option="--precision")
         return precision
 
 
-def _samples(req: ExportRequest, training_data: str | None, patch_size: int):  # noqa: ANN202
+def _source(req: ExportRequest, training_data: str | None) -> Path:
+    """The patches artifact exports are verified (and int8 calibrated) on."""
     source = req.calib or (Path(training_data) if training_data else None)
     if source is None or not source.is_file():
         where = f" ({training_data} is gone)" if training_data else ""
         raise InputError(req.segmenter, f"no patches to verify the export on{where}; pass "
                          "--calib PATCHES.h5")
-    return sample_patches(source, req.samples, patch_size), str(source)
+    return source
+
+
+def _export_onnx(fused: FusedGatedSegmenter, card: ModelCard, path: Path, precision: str,
+                 calibration: Callable[[], np.ndarray]) -> None:
+    """fp32/fp16 straight from the exporter; int8 quantized from an fp32 export."""
+    if precision != "int8":
+        export_onnx(fused, card, path, precision=precision)
+        return
+    fp32 = path.with_name(f".{path.stem}.fp32.onnx")
+    try:
+        export_onnx(fused, replace(card, precision="fp32"), fp32)
+        quantize_onnx(fp32, path, card, calibration())
+    finally:
+        fp32.unlink(missing_ok=True)
 
 
 def _verified(path: Path, check: Callable[[], Verification]) -> dict[str, object]:
@@ -95,16 +119,18 @@ def run_export(req: ExportRequest) -> dict[str, Any]:
         require_cuda()
     cpu = torch.device("cpu")
     gated, card = load_gated(req.segmenter, req.classifier, cpu, req.gate)
-    patches, source = _samples(req, card.sources.get("training_data"), card.patch_size)
+    source = _source(req, card.sources.get("training_data"))
+    patches = sample_patches(source, req.samples, card.patch_size)
     reference = InferenceEngine.for_model(gated, None, cpu, "fp32")
     fused = FusedGatedSegmenter(gated)
     onnx_path = req.output if fmt == "onnx" else req.output.with_suffix(".onnx")
-    onnx_precision = ("fp16" if fmt == "onnx" and precision == "fp16"
-                      or fmt == "engine" and engine_config.strongly_typed else "fp32")
+    onnx_precision = (precision if fmt == "onnx"
+                      else "fp16" if engine_config.strongly_typed else "fp32")
     onnx_card = replace(card, runtime="onnx", precision=onnx_precision)
-    export_onnx(fused, onnx_card, onnx_path, precision=onnx_precision)
+    _export_onnx(fused, onnx_card, onnx_path, onnx_precision, lambda: sample_patches(
+        source, CALIBRATION_PATCHES, card.patch_size, seed=1))
     checks = {"onnx": _verified(onnx_path, lambda: verify(
-        reference, OnnxEngine.open(onnx_path, cpu), patches, source, onnx_precision))}
+        reference, OnnxEngine.open(onnx_path, cpu), patches, str(source), onnx_precision))}
     result: dict[str, Any] = {"output": str(req.output), "format": fmt,
                               "precision": precision, "onnx": str(onnx_path),
                               "classes": card.class_names, "patch_size": card.patch_size,
@@ -118,7 +144,7 @@ def run_export(req: ExportRequest) -> dict[str, Any]:
         reference = InferenceEngine.for_model(gated.to(gpu), None, gpu, "fp32")
         engine = TensorRTEngine.open(req.output)
         checks["engine"] = _verified(req.output, lambda: verify(
-            reference, engine, patches, source, precision, min(engine.max_batch, 8)))
+            reference, engine, patches, str(source), precision, min(engine.max_batch, 8)))
         result["tensorrt"] = built
     result["verification"] = checks
     for name, check in checks.items():

@@ -3,6 +3,13 @@
 PDA pushes the classifier to look beyond the most discriminative spots: each class activation
 map is cut off above ``mu`` times its own maximum, and the mean of the clipped maps reweights the
 features. ``mu`` shrinks epoch by epoch, so ever more of each peak is dropped.
+
+The mean map is divided by its per-sample maximum, so the attention lies in [0, 1] and only
+redistributes weight; a sample without any positive activation keeps its features. The raw
+mean (the published formula) multiplies the features by the CAMs' own magnitude: trained from
+scratch, that scaled the logits up several-fold as soon as PDA began, and a sample whose CAMs
+were all <= 0 got all-zero features, zero logits and zero gradients, a state training never
+left (measured on GlaS: every run's loss fixed at ln 2 one epoch after PDA began).
 """
 
 from __future__ import annotations
@@ -48,8 +55,9 @@ class ProgressiveDropoutAttention(nn.Module):
     """Reweight features by the mean of the clipped class activation maps.
 
     Called with ``(features, fc8_weight)``: CAM_k = ReLU(fc8_k as a 1x1 conv) for every class;
-    values above ``mu * max(CAM_k)`` (per sample) become 0; the mean over classes multiplies the
-    features. Gradients flow through the attention. ``mu >= 1`` switches PDA off (warm-up).
+    values above ``mu * max(CAM_k)`` (per sample) become 0; the mean over classes, divided by
+    its per-sample maximum (1 where nothing is positive), multiplies the features. Gradients
+    flow through the attention. ``mu >= 1`` switches PDA off (warm-up).
     """
 
     def __init__(self, mu: float = 1.0) -> None:
@@ -67,6 +75,9 @@ class ProgressiveDropoutAttention(nn.Module):
         beta = self.mu * cams.amax(dim=(2, 3), keepdim=True)
         clipped = torch.where(cams > beta, torch.zeros_like(cams), cams)
         attention = clipped.mean(dim=1, keepdim=True)
+        peak = attention.amax(dim=(2, 3), keepdim=True)
+        attention = torch.where(peak > 0, attention / peak.clamp_min(1e-12),
+                                torch.ones_like(attention))
         return features * attention
 
     def extra_repr(self) -> str:

@@ -51,5 +51,5 @@ def _register(name: str, stem: tuple[str, ...]) -> None:
 
 
 _RESNET_STEM = ("conv1", "bn1", "layer1")
-for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d"):
+for _name in ("resnet10t", "resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d"):
     _register(_name, _RESNET_STEM)
