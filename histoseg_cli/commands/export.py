@@ -56,7 +56,7 @@ def export(
     softmax with its ungated fallback and the argmax; outputs labels (uint8), probs and gate;
     dynamic batch, fixed patch size. The export is verified against PyTorch on real patches
     (label agreement and max probability difference are printed) and refused below 99.9%
-    agreement in fp32 (99% in fp16, which can overflow; 98% in int8, whose convolutions are
+    agreement in fp32 (99% in fp16, which can overflow; 97% in int8, whose convolutions are
     quantized after calibration on real patches). The gate threshold is fixed in the export. histoseg predict runs the result like a checkpoint.
 
     [b]Examples[/b]

@@ -29,8 +29,8 @@ from histoseg_cli.commands.training_options import (
 from histoseg_cli.core.data.layouts import DATASETS
 
 #: Shown in --help without importing torch; tests check it lists every registered backbone.
-BACKBONE_HELP = ("resnet38d (the paper's ResNet-38), resnet18, resnet34, resnet50, resnet101, "
-                 "resnext50_32x4d (timm, dilated to output stride 8)")
+BACKBONE_HELP = ("resnet38d (the paper's ResNet-38), resnet10t, resnet18, resnet34, resnet50, "
+                 "resnet101, resnext50_32x4d (timm, dilated to output stride 8)")
 
 DATA, MODEL, PDA = "Data", "Model", "PDA"
 

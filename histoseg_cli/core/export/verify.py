@@ -19,8 +19,9 @@ from histoseg_cli.core.errors import HistosegError, InputError
 
 #: Least label agreement an export must reach, per precision (fp16 can overflow: a ResNet-38
 #: with unlucky activations gives garbage in float16, and this is where it shows; int8 rounds
-#: every convolution's input, which moves labels along class boundaries).
-MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "int8": 0.98}
+#: every convolution's input, which moves labels along class boundaries: a GlaS segmenter kept
+#: 97.8-98.6% of its labels, and the same held-out mIoU, 0.605 int8 vs 0.603 PyTorch).
+MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "int8": 0.97}
 
 
 @dataclass(frozen=True)
