@@ -57,7 +57,8 @@ def export(
     dynamic batch, fixed patch size. The export is verified against PyTorch on real patches
     (label agreement and max probability difference are printed) and refused below 99.9%
     agreement in fp32 (99% in fp16, which can overflow; 97% in int8, whose convolutions are
-    quantized after calibration on real patches). The gate threshold is fixed in the export. histoseg predict runs the result like a checkpoint.
+    quantized after calibration on real patches). The gate threshold is fixed in the export.
+    histoseg predict runs the result like a checkpoint.
 
     [b]Examples[/b]
 

@@ -22,8 +22,8 @@ from histoseg_cli.core.export.onnx_export import export_onnx
 from histoseg_cli.core.export.quantize import quantize_onnx
 from histoseg_cli.core.export.tensorrt_build import EngineConfig, build_engine
 from histoseg_cli.core.export.verify import Verification, sample_patches, verify
-from histoseg_cli.core.inference.engine import InferenceEngine
 from histoseg_cli.core.inference.card import ModelCard
+from histoseg_cli.core.inference.engine import InferenceEngine
 from histoseg_cli.core.inference.gate import GateConfig
 from histoseg_cli.core.inference.loading import load_gated
 from histoseg_cli.core.inference.onnx_runtime import OnnxEngine
@@ -32,7 +32,8 @@ from histoseg_cli.core.inference.tensorrt_runtime import (TensorRTEngine, requir
 
 log = logging.getLogger("histoseg")
 FORMATS = {".onnx": "onnx", ".engine": "engine", ".plan": "engine"}
-#: Patches an int8 export is calibrated on (drawn apart from the verification sample).
+#: Patches an int8 export is calibrated on (a second random draw, separate from the
+#: verification sample; in a small artifact the two can share patches).
 CALIBRATION_PATCHES = 64
 
 
