@@ -38,6 +38,13 @@ def _import_onnx() -> Any:
     return onnx
 
 
+def set_card(model: Any, card: ModelCard) -> None:
+    """Make ``card`` the only entry of the ONNX ``model``'s metadata_props."""
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CARD_KEY, card.to_json()
+
+
 def export_onnx(fused: FusedGatedSegmenter, card: ModelCard, path: Path, *,
                 precision: str = "fp32", max_batch: int = 4096) -> Path:
     """Write ``fused`` as ONNX to ``path`` (atomically) with ``card`` in its metadata;
@@ -59,9 +66,7 @@ def export_onnx(fused: FusedGatedSegmenter, card: ModelCard, path: Path, *,
                                     dynamic_shapes=({0: batch},), optimize=True,
                                     verbose=False)
         model = program.model_proto
-        del model.metadata_props[:]
-        entry = model.metadata_props.add()
-        entry.key, entry.value = CARD_KEY, card.to_json()
+        set_card(model, card)
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
     log.info("wrote %s (%d nodes, opset %d, %s)", path, len(model.graph.node), OPSET, precision)

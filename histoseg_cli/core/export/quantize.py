@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,8 @@ import numpy as np
 from histoseg_cli.core.atomic import atomic_path
 from histoseg_cli.core.errors import HistosegError
 from histoseg_cli.core.export.fused import INPUT
-from histoseg_cli.core.inference.card import CARD_KEY, ModelCard
+from histoseg_cli.core.export.onnx_export import set_card
+from histoseg_cli.core.inference.card import ModelCard
 
 log = logging.getLogger("histoseg")
 #: Operators quantized; everything else (normalisation, gating, argmax) stays float32.
@@ -79,20 +79,16 @@ def quantize_onnx(fp32: Path, output: Path, card: ModelCard, calibration: np.nda
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".quantize-") as work:
-        quantized = Path(work) / "int8.onnx"
+    with atomic_path(output) as tmp:
         with _quiet():
             quantization.quantize_static(
-                str(fp32), str(quantized), Reader(), quant_format=quantization.QuantFormat.QDQ,
+                str(fp32), str(tmp), Reader(), quant_format=quantization.QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
                 activation_type=quantization.QuantType.QUInt8,
                 weight_type=quantization.QuantType.QInt8,
                 calibrate_method=quantization.CalibrationMethod.MinMax)
-        model = onnx.load(str(quantized))
-        del model.metadata_props[:]
-        entry = model.metadata_props.add()
-        entry.key, entry.value = CARD_KEY, card.to_json()
-        with atomic_path(output) as tmp:
-            onnx.save(model, str(tmp))
+        model = onnx.load(str(tmp))
+        set_card(model, card)
+        onnx.save(model, str(tmp))
     log.info("wrote %s (int8 QDQ, calibrated on %d patches)", output, len(calibration))
     return output

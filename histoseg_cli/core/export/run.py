@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from histoseg_cli.core.atomic import temporary_path
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.export.fused import FusedGatedSegmenter
 from histoseg_cli.core.export.onnx_export import export_onnx
@@ -91,7 +92,7 @@ def _export_onnx(fused: FusedGatedSegmenter, card: ModelCard, path: Path, precis
     if precision != "int8":
         export_onnx(fused, card, path, precision=precision)
         return
-    fp32 = path.with_name(f".{path.stem}.fp32.onnx")
+    fp32 = temporary_path(path, "fp32")
     try:
         export_onnx(fused, replace(card, precision="fp32"), fp32)
         quantize_onnx(fp32, path, card, calibration())
