@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from histoseg_cli.core.cams.gradcam import final_layer_cams, gradcam
+from histoseg_cli.core.cams.run import CamsConfig, compute_batch
+from histoseg_cli.core.cams.tta import TTA_VIEWS, averaged_maps
 from histoseg_cli.core.cams.naive import naive_gradcam
 from histoseg_cli.core.cams.background import BackgroundConfig, background_mask
 from histoseg_cli.core.cams.pseudo import (
@@ -15,6 +17,7 @@ from histoseg_cli.core.cams.pseudo import (
     minmax_normalise,
     pseudo_masks,
 )
+from histoseg_cli.core.errors import UsageError
 
 
 @pytest.mark.parametrize("vectorize", [False, True])
@@ -118,3 +121,56 @@ def test_background_rule_becomes_label_c_in_pseudo_masks():
     bg[0, :2] = True
     masks = pseudo_masks(raw, torch.tensor([[1, 1]]), bg, 4).masks[0, 0]
     assert (masks[:2] == 2).all() and (masks[2:] < 2).all()
+
+
+@pytest.mark.parametrize("name", ["hflip", "flips", "d4"])
+def test_tta_maps_follow_the_patch_when_it_is_flipped(tiny_classifier, name):
+    """The views form a group, so the averaged maps of a flipped patch are the flipped
+    averaged maps, whatever the network (the tiny one is not flip-equivariant itself)."""
+    views = TTA_VIEWS[name]
+    x = torch.rand(2, 3, 32, 32)
+
+    def maps_of(batch):
+        return gradcam(tiny_classifier, batch)[1]
+
+    plain = averaged_maps(maps_of, x, views)
+    for view in views[1:]:
+        moved = averaged_maps(maps_of, view.apply(x), views)
+        for layer in plain:
+            scale = plain[layer].abs().max()
+            assert (moved[layer] - view.apply(plain[layer])).abs().max() <= 1e-4 * scale
+    # one view alone is not equivariant: the maps of a flipped patch differ by far more
+    single = views[1].invert(maps_of(views[1].apply(x))["bn7"])
+    alone = maps_of(x)["bn7"]
+    assert (single - alone).abs().max() > 0.1 * alone.abs().max()
+
+
+def test_tta_none_is_the_single_pass_and_views_invert(tiny_classifier):
+    x = torch.rand(2, 3, 32, 32)
+    _, reference = gradcam(tiny_classifier, x)
+    once = averaged_maps(lambda b: gradcam(tiny_classifier, b)[1], x, TTA_VIEWS["none"])
+    for layer in reference:
+        assert torch.equal(once[layer], reference[layer])
+    for view in TTA_VIEWS["d4"]:
+        assert torch.equal(view.invert(view.apply(x)), x)
+    with pytest.raises(ValueError, match="square"):
+        averaged_maps(lambda b: gradcam(tiny_classifier, b)[1], torch.rand(1, 3, 32, 48),
+                      TTA_VIEWS["d4"])
+
+
+def test_cams_config_names_the_bad_option():
+    with pytest.raises(UsageError, match="--tta"):
+        CamsConfig(tta="rot45")
+    with pytest.raises(UsageError, match="--precision"):
+        CamsConfig(precision="fp8")
+
+
+def test_bf16_pseudo_masks_agree_with_fp32():
+    from tests.test_cams_run import cam_model
+
+    patches = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    labels = np.ones((6, 4), dtype=np.int64)
+    no_bg = np.zeros((6, 32, 32), dtype=bool)
+    fp32 = compute_batch(cam_model(), patches, labels, no_bg, tta="flips").masks
+    bf16 = compute_batch(cam_model(precision="bf16"), patches, labels, no_bg, tta="flips").masks
+    assert (fp32 == bf16).float().mean().item() >= 0.9

@@ -20,9 +20,9 @@ from histoseg_cli.core.cams.run import CamsConfig, generate_pseudo_masks
 from histoseg_cli.core.errors import InputError, UsageError
 
 
-def cam_model(num_classes: int = 4) -> CamModel:
+def cam_model(num_classes: int = 4, precision: str = "fp32") -> CamModel:
     return CamModel(make_tiny_classifier(num_classes), [f"c{k}" for k in range(num_classes)],
-                    source="tiny")
+                    source="tiny", precision=precision)
 
 
 def test_pseudo_artifact_links_to_its_input(tmp_path):
@@ -129,7 +129,7 @@ def test_resume_after_interruption_matches_one_run(tmp_path, monkeypatch):
 
 def test_cli_writes_artifact_pngs_gallery_and_json(tmp_path, monkeypatch):
     data = write_patches(tmp_path / "val.h5", n=6)
-    monkeypatch.setattr(cams_run, "load_cam_model", lambda path, device: cam_model())
+    monkeypatch.setattr(cams_run, "load_cam_model", lambda path, device, precision: cam_model())
     ckpt = tmp_path / "run"
     ckpt.mkdir()
     out = tmp_path / "pseudo.h5"

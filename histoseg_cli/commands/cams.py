@@ -41,6 +41,13 @@ def cams(
     min_size: Annotated[int, typer.Option(
         "--min-size", min=0, help="White 4-connected areas smaller than this many pixels stay "
         "tissue.", rich_help_panel=MASKS)] = 50,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="auto (bf16 autocast on CUDA) | fp32 | bf16 (about 3x fp32 on "
+        "CPUs with bf16 units).")] = "auto",
+    tta: Annotated[str, typer.Option(
+        "--tta", help="Views whose Grad-CAM maps are averaged: flips (the patch and its "
+        "three mirror images), d4 (also transposed: 8 views), hflip, or none (one pass, as "
+        "the reference).", rich_help_panel=MASKS)] = "flips",
     vmap_classes: Annotated[bool, typer.Option(
         "--vmap-classes", help="One vmapped backward pass for all classes instead of one per "
         "class (same maps, more memory; can be faster on GPU).")] = False,
@@ -78,7 +85,8 @@ def cams(
 
     config = CamsConfig(batch_size=batch_size, background=background,
                         threshold=white_threshold, min_size=min_size, save_cams=save_cams,
-                        png_dir=png_dir, gallery=gallery, seed=seed, vectorize=vmap_classes)
+                        png_dir=png_dir, gallery=gallery, seed=seed, vectorize=vmap_classes,
+                        tta=tta, precision=precision)
     if not classifier.exists():
         raise InputError(classifier, "no such file or folder (expected a train-cls run "
                          "directory or checkpoint)")

@@ -18,9 +18,7 @@ import numpy as np
 import torch
 
 from histoseg_cli.core.data.format import ArtifactMeta, InputLink
-
 from histoseg_cli.core.data.reader import Artifact
-
 from histoseg_cli.core.data.writer import ArtifactWriter, ItemSpec
 from histoseg_cli.core.cams.gallery import write_gallery
 from histoseg_cli.core.cams.gradcam import gradcam
@@ -28,8 +26,10 @@ from histoseg_cli.core.cams.metrics import LayerMetrics
 from histoseg_cli.core.cams.model import CamModel, load_cam_model
 from histoseg_cli.core.cams.background import BACKGROUND_RULES, BackgroundConfig, background_mask
 from histoseg_cli.core.cams.pseudo import PseudoMasks, pseudo_masks
+from histoseg_cli.core.cams.tta import TTA_VIEWS, averaged_maps
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.imageio import save_palette_png
+from histoseg_cli.core.inference.engine import PRECISIONS
 from histoseg_cli.core.parallel import ordered_map
 from histoseg_cli.core.progress import SILENT, Reporter
 
@@ -49,6 +49,16 @@ class CamsConfig:
     gallery: int = 8  # patches in the gallery PNG; 0 for none
     seed: int = 0
     vectorize: bool = False  # one vmapped backward for all classes instead of one per class
+    tta: str = "flips"  # a key of TTA_VIEWS: maps averaged over these views of each patch
+    precision: str = "auto"  # autocast inside the classifier: auto (bf16 on CUDA), fp32, bf16
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError("must be at least 1", option="--batch-size")
+        if self.tta not in TTA_VIEWS:
+            raise UsageError(f"choose one of {', '.join(TTA_VIEWS)}", option="--tta")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"choose one of {', '.join(PRECISIONS)}", option="--precision")
 
 
 @dataclass
@@ -79,11 +89,18 @@ class CamsSummary:
 
 
 def compute_batch(model: CamModel, patches: np.ndarray, labels: np.ndarray,
-                  background: np.ndarray, vectorize: bool = False) -> PseudoMasks:
+                  background: np.ndarray, vectorize: bool = False, tta: str = "none"
+                  ) -> PseudoMasks:
     """CAMs and pseudo masks of one batch of (B, H, W, 3) uint8 patches with (B, C) labels
-    and (B, H, W) bool background (from :func:`background_mask`)."""
+    and (B, H, W) bool background (from :func:`background_mask`); raw maps averaged over
+    the ``tta`` views of each patch."""
     device = model.device
-    _, maps = gradcam(model.model, model.inputs(patches), vectorize=vectorize)
+
+    def maps_of(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with model.autocast():
+            return gradcam(model.model, x, vectorize=vectorize)[1]
+
+    maps = averaged_maps(maps_of, model.inputs(patches), TTA_VIEWS[tta])
     bg = torch.from_numpy(background).to(device)
     return pseudo_masks(maps, torch.from_numpy(np.asarray(labels)).to(device), bg,
                         patches.shape[1])
@@ -134,8 +151,6 @@ def generate_pseudo_masks(model: CamModel, input_path: Path, output: Path,
                           config: CamsConfig = CamsConfig(), reporter: Reporter = SILENT
                           ) -> CamsSummary:
     """Write the pseudo-masks artifact ``output`` for the patches artifact ``input_path``."""
-    if config.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
     if Path(output).resolve() == Path(input_path).resolve():
         raise UsageError(f"-o {output} is the input artifact; write the pseudo masks elsewhere")
     with Artifact(input_path) as source:
@@ -155,7 +170,8 @@ def _generate(model: CamModel, source: Artifact, output: Path, config: CamsConfi
         mpp=source.meta.mpp, magnification=source.meta.magnification, source=str(source.path),
         created_by="cams", kind=KIND, link=InputLink.to(source),
         extra={"classifier": model.source, "classifier_sha256": model.fingerprint(),
-               "layers": layers, "background": background.as_dict()},
+               "layers": layers, "background": background.as_dict(), "tta": config.tta,
+               "precision": config.precision},
     )
     specs = {"pseudo_masks": ItemSpec((len(layers), size, size), "uint8")}
     if config.save_cams:
@@ -182,7 +198,8 @@ def _generate(model: CamModel, source: Artifact, output: Path, config: CamsConfi
         with reporter.bar("cams", unit="patches") as bar, ThreadPoolExecutor(1) as pool:
             task = bar.add_task("cams", total=n, completed=start)
             for s, e, batch, bg in ordered_map(pool, read, batches, ahead=2):
-                result = compute_batch(model, batch, labels[s:e], bg, config.vectorize)
+                result = compute_batch(model, batch, labels[s:e], bg, config.vectorize,
+                                       config.tta)
                 masks = result.masks.cpu().numpy()
                 rows = {"pseudo_masks": masks}
                 if config.save_cams:
@@ -224,7 +241,7 @@ def _gallery(model: CamModel, source: Artifact, output: Path, config: CamsConfig
     index = np.sort(rng.choice(n, size=min(config.gallery, n), replace=False))
     images = source.dataset("patches")[index]
     result = compute_batch(model, images, labels[index], background_mask(images, background),
-                           config.vectorize)
+                           config.vectorize, config.tta)
     return write_gallery(
         gallery_path(output), images, result.cams.cpu().numpy(), result.masks.cpu().numpy(),
         [names[i] for i in index], labels[index], layers, model.class_names,
@@ -240,5 +257,5 @@ def run_cams(classifier: Path, input_path: Path, output: Path, config: CamsConfi
         raise InputError(classifier, "no such file or folder (expected a train-cls run "
                          "directory or checkpoint)")
     Artifact(input_path).close()  # fail on bad input before loading a large model
-    model = load_cam_model(classifier, device)
+    model = load_cam_model(classifier, device, config.precision)
     return generate_pseudo_masks(model, input_path, output, config, reporter)
