@@ -17,7 +17,11 @@ from histoseg_cli.core.inference.engine import InferenceEngine
 from histoseg_cli.core.metrics.confusion import ConfusionMatrix
 from histoseg_cli.core.models import InputNorm, Segmenter, load_segmenter
 from histoseg_cli.core.training import run_dir as run_dir_module
-from histoseg_cli.core.training.segmenter import pseudo_supervision_loss
+from histoseg_cli.core.training.segmenter import (
+    SegmenterConfig,
+    SegmenterTask,
+    pseudo_supervision_loss,
+)
 from tests.conftest import write_patches
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -28,6 +32,19 @@ SEG = ["--encoder", "resnet18", "--batch-size", "8", "--workers", "0", "--device
 
 def invoke(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_decoder_lr_is_10x_over_pretrained_encoders_and_1x_from_scratch():
+    def head_lr(**options: object) -> set[float]:  # the decoder's and heads' LR
+        cfg = SegmenterConfig(data="d.h5", run_dir="r", pseudo="p.h5", **options)
+        task = SegmenterTask(cfg)
+        groups = task.parameter_groups(Segmenter("resnet18", 2))
+        return {round(g["lr"], 9) for g in groups if g["name"].startswith("head")}
+
+    assert head_lr() == {0.01}
+    assert head_lr(pretrained="imagenet") == {0.1}
+    assert head_lr(head_lr_mult=3.0) == {0.03}
+    assert head_lr(pretrained="w.pth", head_lr_mult=1.0) == {0.01}
 
 
 def test_loss_weights_layers_and_ignores_background():
