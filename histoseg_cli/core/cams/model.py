@@ -3,8 +3,8 @@
 ``load_cam_model`` reads a classifier checkpoint through ``core.models`` (which owns the format
 and the normalisation record); inputs and autocast come from the shared inference engine
 (fp32 inputs, since Grad-CAM differentiates them; bf16 autocast inside the network when asked:
-on GlaS the pseudo masks stayed within 0.001 mIoU of fp32). Everything else works on any ``PatchClassifier``, so the
-Grad-CAM core is tested with tiny models.
+on GlaS the pseudo masks stayed within 0.001 mIoU of fp32). Everything else works on any
+``PatchClassifier``, so the Grad-CAM core is tested with tiny models.
 """
 
 from __future__ import annotations
