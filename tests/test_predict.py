@@ -143,6 +143,7 @@ def test_slide_map_overlay_areas_and_geojson(models: dict[str, Path], tmp_path: 
     assert manifest[0]["status"] == "done"
 
 
+@pytest.mark.slow
 def test_real_slide(models: dict[str, Path], shared_data: Path, tmp_path: Path):
     slide = shared_data / "slides" / "cmu-1-small-region.svs"
     code, stdout, err = run(models["seg"], slide, "-o", tmp_path / "cmu.h5", "--geojson",
