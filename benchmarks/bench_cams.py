@@ -4,7 +4,8 @@ Both run in the same process on the same randomly initialised classifier and inp
 does not depend on the weights). The reference loop does batch 1 and one forward + full
 backward per class per layer (3 x C passes per patch); ours does one forward per batch and
 one input-only backward per class back to the shallowest CAM layer (or one vmapped backward
-for all classes with --vectorize). Prints patches/s, the ratio, the largest difference of the
+for all classes with --vectorize). It also times ours under bf16 autocast with channels_last
+(``cams --precision bf16``). Prints patches/s, the ratios, the largest difference of the
 normalised maps on the patches both computed, and peak memory.
 
     PYTHONPATH=. python benchmarks/bench_cams.py --size 224 --batch 8 --patches 16 --naive-patches 2
@@ -13,6 +14,7 @@ normalised maps on the patches both computed, and peak memory.
 from __future__ import annotations
 
 import argparse
+import copy
 import resource
 import time
 
@@ -23,6 +25,7 @@ from histoseg_cli.core.cams.naive import naive_gradcam
 from histoseg_cli.core.cams.pseudo import pseudo_masks
 from histoseg_cli.core.device import resolve_device
 from histoseg_cli.core.models import BACKBONES, PatchClassifier, build_backbone
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -74,13 +77,23 @@ def main() -> None:
         for s in range(0, args.patches, args.batch):
             gradcam(model, x[s:s + args.batch], vectorize=vectorize)
 
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    def ours_bf16() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            for s in range(0, args.patches, args.batch):
+                gradcam(model_cl, x_cl[s:s + args.batch])
+
     def naive() -> None:
         holder["maps"] = naive_gradcam(model, naive_x)
 
     runs = {"ours (backward per class)": (lambda: ours(False), args.patches),
             "ours (vmapped classes)": (lambda: ours(True), args.patches),
+            "ours, bf16 + channels_last": (ours_bf16, args.patches),
             "reference loop (batch 1)": (naive, args.naive_patches)}
     gradcam(model, x[:1])  # warm-up (allocator, kernels)
+    ours_bf16()
     best = {label: float("inf") for label in runs}
     peak = {label: "" for label in runs}
     for _ in range(args.repeats):  # interleaved, best of N: the machine may be shared
@@ -97,6 +110,8 @@ def main() -> None:
     naive_rate = rates.pop("reference loop (batch 1)")
     for label, rate in rates.items():
         print(f"speed-up {label}: {rate / naive_rate:.1f}x")
+    fp32 = rates["ours (backward per class)"]
+    print(f"bf16 + channels_last vs fp32 (ours): {rates['ours, bf16 + channels_last'] / fp32:.1f}x")
 
     if device.type == "cpu":
         print(f"peak memory (process RSS): {peak_memory_mb(device):,.0f} MiB")

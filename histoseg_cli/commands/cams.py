@@ -42,7 +42,7 @@ def cams(
         "--min-size", min=0, help="White 4-connected areas smaller than this many pixels stay "
         "tissue.", rich_help_panel=MASKS)] = 50,
     precision: Annotated[str, typer.Option(
-        "--precision", help="auto (bf16 autocast on CUDA) | fp32 | bf16 (about 4x fp32 on "
+        "--precision", help="auto (bf16 autocast on CUDA) | fp32 | bf16 (2-4x fp32 on "
         "CPUs with bf16 units).")] = "auto",
     tta: Annotated[str, typer.Option(
         "--tta", help="Views whose Grad-CAM maps are averaged: flips (the patch and its "
