@@ -34,14 +34,14 @@ def invoke(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def test_decoder_lr_is_10x_over_pretrained_encoders_and_1x_from_scratch():
+def test_decoder_lr_is_10x_the_encoders_unless_set():
     def head_lr(**options: object) -> set[float]:  # the decoder's and heads' LR
         cfg = SegmenterConfig(data="d.h5", run_dir="r", pseudo="p.h5", **options)
         task = SegmenterTask(cfg)
         groups = task.parameter_groups(Segmenter("resnet18", 2))
         return {round(g["lr"], 9) for g in groups if g["name"].startswith("head")}
 
-    assert head_lr() == {0.01}
+    assert head_lr() == {0.1}
     assert head_lr(pretrained="imagenet") == {0.1}
     assert head_lr(head_lr_mult=3.0) == {0.03}
     assert head_lr(pretrained="w.pth", head_lr_mult=1.0) == {0.01}

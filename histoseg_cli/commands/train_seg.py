@@ -87,10 +87,9 @@ def train_seg(
     batch_size: BatchSize = 20,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Encoder learning rate.",
                                       rich_help_panel=OPTIM)] = 0.01,
-    head_lr_mult: Annotated[float | None, typer.Option(
-        "--head-lr-mult", min=0.0, help="LR multiplier of decoder and heads \\[default: 10 "
-        "with --pretrained, 1 from scratch].", show_default=False,
-        rich_help_panel=OPTIM)] = None,
+    head_lr_mult: Annotated[float, typer.Option(
+        "--head-lr-mult", min=0.0, help="LR multiplier of decoder and heads (the paper's 10; "
+        "from scratch 1 can be steadier, see docs/method.md).", rich_help_panel=OPTIM)] = 10.0,
     weight_decay: WeightDecay = 5e-4,
     momentum: Momentum = 0.9,
     poly_power: PolyPower = 0.9,

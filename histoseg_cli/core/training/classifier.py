@@ -78,7 +78,7 @@ class ClassifierTask(TrainTask):
     def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         cfg = self.config
         return backbone_and_head_groups(list(model.backbone.parameters()),
-                                        list(model.fc8.parameters()), cfg.lr, cfg.head_lr_multiplier(),
+                                        list(model.fc8.parameters()), cfg.lr, cfg.head_lr_mult,
                                         cfg.weight_decay)
 
     def train_dataset(self, sources: DataSources) -> Dataset:

@@ -28,7 +28,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 20  # global: split across distributed processes
     lr: float = 0.01
-    head_lr_mult: float | None = None  # None: the task's default (head_lr_multiplier())
+    head_lr_mult: float = 10.0
     weight_decay: float = 5e-4
     momentum: float = 0.9
     poly_power: float = 0.9
@@ -59,11 +59,6 @@ class TrainConfig:
             (not (self.resume and self.overwrite), "--resume",
              "--resume and --overwrite exclude each other"),
         ]
-
-    def head_lr_multiplier(self) -> float:
-        """The head's LR multiplier: the option, else 10 (the paper's, for a pretrained
-        backbone and a fresh head)."""
-        return 10.0 if self.head_lr_mult is None else self.head_lr_mult
 
     def use_channels_last(self, device_type: str) -> bool:
         return device_type == "cuda" if self.channels_last is None else self.channels_last

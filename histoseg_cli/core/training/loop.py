@@ -273,7 +273,7 @@ class _Loop:
             raise HistosegError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); "
                                 "lower --lr")
         return {"epoch": epoch + 1, "iteration": (epoch + 1) * steps, "lr": lr,
-                "head_lr": lr * cfg.head_lr_multiplier(), **extra, "train_loss": round(train_loss, 6),
+                "head_lr": lr * cfg.head_lr_mult, **extra, "train_loss": round(train_loss, 6),
                 "images_per_s": round(steps * cfg.batch_size / seconds, 2),
                 "seconds": round(seconds, 2)}
 
