@@ -14,6 +14,7 @@ normalised maps on the patches both computed, and peak memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import resource
 import time
@@ -24,6 +25,7 @@ from histoseg_cli.core.cams.gradcam import gradcam
 from histoseg_cli.core.cams.naive import naive_gradcam
 from histoseg_cli.core.cams.pseudo import pseudo_masks
 from histoseg_cli.core.device import resolve_device
+from histoseg_cli.core.inference.engine import InferenceEngine
 from histoseg_cli.core.models import BACKBONES, PatchClassifier, build_backbone
 
 
@@ -73,27 +75,26 @@ def main() -> None:
     naive_x = x[:args.naive_patches]
     holder: dict[str, dict[str, torch.Tensor]] = {}
 
-    def ours(vectorize: bool) -> None:
-        for s in range(0, args.patches, args.batch):
-            gradcam(model, x[s:s + args.batch], vectorize=vectorize)
-
-    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    # What ``cams --precision bf16`` runs: the engine's channels_last model and autocast.
+    bf16 = InferenceEngine.for_model(copy.deepcopy(model), None, device, "bf16",
+                                     channels_last=True)
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
-    def ours_bf16() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+    def ours(vectorize: bool = False, engine: InferenceEngine | None = None) -> None:
+        net, inputs = (model, x) if engine is None else (engine.model, x_cl)
+        with contextlib.nullcontext() if engine is None else engine.autocast():
             for s in range(0, args.patches, args.batch):
-                gradcam(model_cl, x_cl[s:s + args.batch])
+                gradcam(net, inputs[s:s + args.batch], vectorize=vectorize)
 
     def naive() -> None:
         holder["maps"] = naive_gradcam(model, naive_x)
 
     runs = {"ours (backward per class)": (lambda: ours(False), args.patches),
             "ours (vmapped classes)": (lambda: ours(True), args.patches),
-            "ours, bf16 + channels_last": (ours_bf16, args.patches),
+            "ours, bf16 + channels_last": (lambda: ours(engine=bf16), args.patches),
             "reference loop (batch 1)": (naive, args.naive_patches)}
     gradcam(model, x[:1])  # warm-up (allocator, kernels)
-    ours_bf16()
+    ours(engine=bf16)
     best = {label: float("inf") for label in runs}
     peak = {label: "" for label in runs}
     for _ in range(args.repeats):  # interleaved, best of N: the machine may be shared
@@ -111,7 +112,8 @@ def main() -> None:
     for label, rate in rates.items():
         print(f"speed-up {label}: {rate / naive_rate:.1f}x")
     fp32 = rates["ours (backward per class)"]
-    print(f"bf16 + channels_last vs fp32 (ours): {rates['ours, bf16 + channels_last'] / fp32:.1f}x")
+    bf16_rate = rates["ours, bf16 + channels_last"]
+    print(f"bf16 + channels_last vs fp32 (ours): {bf16_rate / fp32:.1f}x")
 
     if device.type == "cpu":
         print(f"peak memory (process RSS): {peak_memory_mb(device):,.0f} MiB")

@@ -65,9 +65,9 @@ class Dataset:
 
 
 #: Per configuration, what differs from the paper-sized run. The CPU one takes about 52
-#: minutes on 2 cores for both datasets: small timm/smp ResNets, bf16 autocast for training and cams
-#: (the CPU's AVX-512 BF16 / AMX path: 2-4x fp32; pseudo masks within 0.001 mIoU of fp32),
-#: fewer epochs; predict runs bf16 too. From scratch the decoder trains at the encoder's LR
+#: minutes on 2 cores for both datasets: small timm/smp ResNets, fewer epochs, and bf16
+#: autocast for training, cams and predict (the CPU's AVX-512 BF16 / AMX path: 2-4x fp32;
+#: pseudo masks within 0.001 mIoU of fp32). From scratch the decoder trains at the encoder's LR
 #: (train-seg --head-lr-mult 1, not the paper's 10x: steadier on GlaS; docs/benchmarks.md).
 CONFIGS: dict[str, dict[str, object]] = {
     "cpu": {"backbone": "resnet10t", "encoder": "tu-resnet10t", "deepest": "layer4",
