@@ -20,12 +20,13 @@ from histoseg_cli.core.cams.pseudo import (
 from histoseg_cli.core.errors import UsageError
 
 
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
 @pytest.mark.parametrize("vectorize", [False, True])
-def test_batched_gradcam_matches_reference_loop(tiny_classifier, vectorize):
+def test_batched_gradcam_matches_reference_loop(tiny_classifier, vectorize, method):
     torch.manual_seed(1)
     x = torch.rand(4, 3, 48, 48)
-    logits, fast = gradcam(tiny_classifier, x, vectorize=vectorize)
-    slow = naive_gradcam(tiny_classifier, x)
+    logits, fast = gradcam(tiny_classifier, x, vectorize=vectorize, method=method)
+    slow = naive_gradcam(tiny_classifier, x, layercam=method == "layercam")
     assert list(fast) == list(tiny_classifier.backbone.cam_layers)
     assert logits.shape == (4, 4)
     labels = torch.ones(4, 4)
@@ -39,6 +40,21 @@ def test_batched_gradcam_matches_reference_loop(tiny_classifier, vectorize):
     a = pseudo_masks(fast, labels, no_bg, 48).cams
     b = pseudo_masks(slow, labels, no_bg, 48).cams
     assert (a - b).abs().max().item() <= 1e-4
+
+
+def test_layercam_keeps_where_the_gradient_points():
+    """Two positions, two channels: Grad-CAM pools the gradient over positions and loses
+    which channel matters where; Layer-CAM weights each position by its own gradient."""
+    act = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # (B=1, D=2, h=1, w=2)
+    grad = torch.tensor([[[[1.0, 0.0]], [[0.0, -1.0]]]])  # channel 0 up at left, 1 down at right
+    from histoseg_cli.core.cams.gradcam import CAM_METHODS
+
+    pooled = CAM_METHODS["gradcam"].combine(grad, act)
+    positive = CAM_METHODS["layercam"].combine(grad, act)
+    assert torch.allclose(pooled, torch.tensor([[[0.5, -0.5]]]))
+    assert torch.allclose(positive, torch.tensor([[[1.0, 0.0]]]))
+    # a negative gradient never counts: flipped, only the right position is left
+    assert torch.allclose(CAM_METHODS["layercam"].combine(-grad, act), torch.tensor([[[0.0, 1.0]]]))
 
 
 def test_final_layer_closed_form_matches_autograd(tiny_classifier):
@@ -163,6 +179,8 @@ def test_cams_config_names_the_bad_option():
         CamsConfig(tta="rot45")
     with pytest.raises(UsageError, match="--precision"):
         CamsConfig(precision="fp8")
+    with pytest.raises(UsageError, match="--cam"):
+        CamsConfig(cam="scorecam")
 
 
 def test_bf16_pseudo_masks_agree_with_fp32():

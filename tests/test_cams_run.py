@@ -125,6 +125,17 @@ def test_resume_after_interruption_matches_one_run(tmp_path, monkeypatch):
     other = generate_pseudo_masks(cam_model(), data, out, CamsConfig(batch_size=3, min_size=10,
                                                                      save_cams=True, gallery=0))
     assert other.resumed_at == 0
+    # so does another CAM method, which the artifact records
+    monkeypatch.setattr(cams_run, "compute_batch", interrupted)
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        generate_pseudo_masks(cam_model(), data, out, config)
+    monkeypatch.setattr(cams_run, "compute_batch", real)
+    grad = generate_pseudo_masks(cam_model(), data, out, replace(config, cam="gradcam"))
+    assert grad.resumed_at == 0
+    with Artifact(tmp_path / "whole.h5") as a, Artifact(out) as b:
+        assert (a.meta.extra["cam"], b.meta.extra["cam"]) == ("layercam", "gradcam")
+        assert not np.array_equal(a.dataset("cams")[:], b.dataset("cams")[:])
 
 
 def test_cli_writes_artifact_pngs_gallery_and_json(tmp_path, monkeypatch):

@@ -48,6 +48,10 @@ def cams(
         "--tta", help="Views whose Grad-CAM maps are averaged: flips (the patch and its "
         "three mirror images), d4 (also transposed: 8 views), hflip, or none (one pass, as "
         "the reference).", rich_help_panel=MASKS)] = "flips",
+    cam: Annotated[str, typer.Option(
+        "--cam", help="layercam (each position weighted by its own positive gradient: "
+        "much better shallow-layer masks from scratch) or gradcam (channels weighted by "
+        "the mean gradient, as the reference).", rich_help_panel=MASKS)] = "layercam",
     vmap_classes: Annotated[bool, typer.Option(
         "--vmap-classes", help="One vmapped backward pass for all classes instead of one per "
         "class (same maps, more memory; can be faster on GPU).")] = False,
@@ -86,7 +90,7 @@ def cams(
     config = CamsConfig(batch_size=batch_size, background=background,
                         threshold=white_threshold, min_size=min_size, save_cams=save_cams,
                         png_dir=png_dir, gallery=gallery, seed=seed, vectorize=vmap_classes,
-                        tta=tta, precision=precision)
+                        tta=tta, cam=cam, precision=precision)
     if not classifier.exists():
         raise InputError(classifier, "no such file or folder (expected a train-cls run "
                          "directory or checkpoint)")

@@ -2,7 +2,9 @@
 
 Batch 1; for every layer and every class a fresh forward pass and a full ``backward()``
 (weight gradients included) with the layer's activation gradient retained: 3 x C passes per
-patch. Used by benchmarks/bench_cams.py and by the test proving :func:`gradcam` equivalent.
+patch. Used by benchmarks/bench_cams.py and by the tests proving :func:`gradcam` equivalent
+(``layercam=True``: the same loop with Layer-CAM's position-wise weights, written out on its
+own rather than through the batched code's helpers).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import torch
 from histoseg_cli.core.models.base import PatchClassifier
 
 
-def naive_gradcam(model: PatchClassifier, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Raw Grad-CAM maps (B, C, h, w) per CAM layer, one patch, layer and class at a time."""
+def naive_gradcam(model: PatchClassifier, x: torch.Tensor, layercam: bool = False
+                  ) -> dict[str, torch.Tensor]:
+    """Raw Grad-CAM (or Layer-CAM) maps (B, C, h, w) per CAM layer, one patch, layer and
+    class at a time."""
     names = model.backbone.cam_layers
     maps: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     with torch.enable_grad():
@@ -27,8 +31,11 @@ def naive_gradcam(model: PatchClassifier, x: torch.Tensor) -> dict[str, torch.Te
                     act = acts[name]
                     act.retain_grad()
                     logits[0, k].backward()
-                    weights = act.grad.mean(dim=(2, 3), keepdim=True)
-                    per_class.append((weights * act).sum(dim=1).detach())
+                    if layercam:
+                        cam = torch.relu((torch.relu(act.grad) * act).sum(dim=1))
+                    else:
+                        cam = (act.grad.mean(dim=(2, 3), keepdim=True) * act).sum(dim=1)
+                    per_class.append(cam.detach())
                 maps[name].append(torch.cat(per_class)[None])
     model.zero_grad(set_to_none=True)
     return {n: torch.cat(maps[n]) for n in names}

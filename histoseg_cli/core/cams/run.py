@@ -21,7 +21,7 @@ from histoseg_cli.core.data.format import ArtifactMeta, InputLink
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.data.writer import ArtifactWriter, ItemSpec
 from histoseg_cli.core.cams.gallery import write_gallery
-from histoseg_cli.core.cams.gradcam import gradcam
+from histoseg_cli.core.cams.gradcam import CAM_METHODS, gradcam
 from histoseg_cli.core.cams.metrics import LayerMetrics
 from histoseg_cli.core.cams.model import CamModel, load_cam_model
 from histoseg_cli.core.cams.background import BACKGROUND_RULES, BackgroundConfig, background_mask
@@ -50,6 +50,7 @@ class CamsConfig:
     seed: int = 0
     vectorize: bool = False  # one vmapped backward for all classes instead of one per class
     tta: str = "flips"  # a key of TTA_VIEWS: maps averaged over these views of each patch
+    cam: str = "layercam"  # a key of CAM_METHODS: how gradients weight the activations
     precision: str = "auto"  # autocast inside the classifier: auto (bf16 on CUDA), fp32, bf16
 
     def __post_init__(self) -> None:
@@ -57,6 +58,8 @@ class CamsConfig:
             raise UsageError("must be at least 1", option="--batch-size")
         if self.tta not in TTA_VIEWS:
             raise UsageError(f"choose one of {', '.join(TTA_VIEWS)}", option="--tta")
+        if self.cam not in CAM_METHODS:
+            raise UsageError(f"choose one of {', '.join(CAM_METHODS)}", option="--cam")
         if self.precision not in PRECISIONS:
             raise UsageError(f"choose one of {', '.join(PRECISIONS)}", option="--precision")
 
@@ -89,16 +92,16 @@ class CamsSummary:
 
 
 def compute_batch(model: CamModel, patches: np.ndarray, labels: np.ndarray,
-                  background: np.ndarray, vectorize: bool = False, tta: str = "none"
-                  ) -> PseudoMasks:
+                  background: np.ndarray, vectorize: bool = False, tta: str = "none",
+                  cam: str = "gradcam") -> PseudoMasks:
     """CAMs and pseudo masks of one batch of (B, H, W, 3) uint8 patches with (B, C) labels
-    and (B, H, W) bool background (from :func:`background_mask`); raw maps averaged over
-    the ``tta`` views of each patch."""
+    and (B, H, W) bool background (from :func:`background_mask`); raw maps by ``cam``
+    (Grad-CAM or Layer-CAM) averaged over the ``tta`` views of each patch."""
     device = model.device
 
     def maps_of(x: torch.Tensor) -> dict[str, torch.Tensor]:
         with model.autocast():
-            return gradcam(model.model, x, vectorize=vectorize)[1]
+            return gradcam(model.model, x, vectorize=vectorize, method=cam)[1]
 
     maps = averaged_maps(maps_of, model.inputs(patches), TTA_VIEWS[tta])
     bg = torch.from_numpy(background).to(device)
@@ -171,6 +174,7 @@ def _generate(model: CamModel, source: Artifact, output: Path, config: CamsConfi
         created_by="cams", kind=KIND, link=InputLink.to(source),
         extra={"classifier": model.source, "classifier_sha256": model.fingerprint(),
                "layers": layers, "background": background.as_dict(), "tta": config.tta,
+               "cam": config.cam,
                "precision": config.precision},
     )
     specs = {"pseudo_masks": ItemSpec((len(layers), size, size), "uint8")}
@@ -199,7 +203,7 @@ def _generate(model: CamModel, source: Artifact, output: Path, config: CamsConfi
             task = bar.add_task("cams", total=n, completed=start)
             for s, e, batch, bg in ordered_map(pool, read, batches, ahead=2):
                 result = compute_batch(model, batch, labels[s:e], bg, config.vectorize,
-                                       config.tta)
+                                       config.tta, config.cam)
                 masks = result.masks.cpu().numpy()
                 rows = {"pseudo_masks": masks}
                 if config.save_cams:
@@ -241,7 +245,7 @@ def _gallery(model: CamModel, source: Artifact, output: Path, config: CamsConfig
     index = np.sort(rng.choice(n, size=min(config.gallery, n), replace=False))
     images = source.dataset("patches")[index]
     result = compute_batch(model, images, labels[index], background_mask(images, background),
-                           config.vectorize, config.tta)
+                           config.vectorize, config.tta, config.cam)
     return write_gallery(
         gallery_path(output), images, result.cams.cpu().numpy(), result.masks.cpu().numpy(),
         [names[i] for i in index], labels[index], layers, model.class_names,
