@@ -231,3 +231,18 @@ def test_torchrun_two_processes_on_cpu(imported: dict[str, Path], tmp_path: Path
     assert [r["iteration"] for r in rows] == [4, 8]  # global batch 8 = 2 x 4 per process
     assert "val" in rows[-1]
     assert load_classifier(run, prefer="last").info.epoch == 2
+
+
+def test_channels_last_default_follows_device_and_precision() -> None:
+    """channels_last unless asked: on CUDA, and on CPU only under bf16 (oneDNN's bf16 path
+    is faster in it; fp32 CPU convolutions of small models are slower)."""
+    from histoseg_cli.core.training.config import TrainConfig as Base
+
+    def TrainConfig(**kw: object) -> Base:
+        return Base(data="train.h5", run_dir="run", **kw)
+
+    assert TrainConfig().use_channels_last("cuda")
+    assert not TrainConfig().use_channels_last("cpu")
+    assert TrainConfig(precision="bf16").use_channels_last("cpu")
+    assert not TrainConfig(precision="bf16", channels_last=False).use_channels_last("cpu")
+    assert TrainConfig(channels_last=True).use_channels_last("cpu")

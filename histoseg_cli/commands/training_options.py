@@ -25,7 +25,7 @@ Precision = Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA,
                                         "fp32 or bf16.", rich_help_panel=HARDWARE)]
 ChannelsLast = Annotated[bool | None, typer.Option(
     "--channels-last/--no-channels-last", help="channels_last memory format \\[default: on "
-    "CUDA only].", show_default=False, rich_help_panel=HARDWARE)]
+    "CUDA, and on CPU with --precision bf16].", show_default=False, rich_help_panel=HARDWARE)]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the network.",
                                        rich_help_panel=HARDWARE)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in RUN_DIR (schedules, "

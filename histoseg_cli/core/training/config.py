@@ -33,7 +33,7 @@ class TrainConfig:
     momentum: float = 0.9
     poly_power: float = 0.9
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    channels_last: bool | None = None  # None: on CUDA only (it slows small CPU convolutions)
+    channels_last: bool | None = None  # None: on CUDA or with bf16 (see use_channels_last)
     compile: bool = False
     workers: int = 4
     device: str = "auto"
@@ -61,7 +61,12 @@ class TrainConfig:
         ]
 
     def use_channels_last(self, device_type: str) -> bool:
-        return device_type == "cuda" if self.channels_last is None else self.channels_last
+        """Unless set: on CUDA, and on CPU with bf16 (oneDNN's bf16 kernels prefer it: 1.2x
+        per train-cls epoch, 1.1x train-seg, on a 2-core Sapphire Rapids); fp32 CPU
+        convolutions of small models run slower in it."""
+        if self.channels_last is not None:
+            return self.channels_last
+        return device_type == "cuda" or self.precision == "bf16"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
