@@ -72,9 +72,9 @@ class Dataset:
 #: (train-seg --head-lr-mult 1, not the paper's 10x: steadier on GlaS; docs/benchmarks.md).
 CONFIGS: dict[str, dict[str, object]] = {
     "cpu": {"backbone": "resnet10t", "encoder": "tu-resnet10t", "deepest": "layer4",
-            "batch": 16, "precision": "bf16", "head_lr_mult": 1},
+            "batch": 16, "cams_batch": 32, "precision": "bf16", "head_lr_mult": 1},
     "paper": {"backbone": "resnet38d", "encoder": "resnet101", "deepest": "bn7", "batch": 20,
-              "precision": "auto", "head_lr_mult": 10},
+              "cams_batch": 32, "precision": "auto", "head_lr_mult": 10},
 }
 
 DATASETS = {
@@ -160,7 +160,8 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int
     seg_args = ["--encoder", cfg["encoder"], "--epochs", settings["seg_epochs"],
                 "--batch-size", cfg["batch"], "--head-lr-mult", cfg["head_lr_mult"],
                 "--seed", seed, *precision, *dev]
-    cams = ["--background", ds.background, "--gallery", "0", *precision, *dev]
+    cams = ["--background", ds.background, "--gallery", "0", "--batch-size", cfg["cams_batch"],
+            *precision, *dev]
     results: dict[str, object] = {}
 
     def evaluate(name: str, seg: str, extra: list[object]) -> None:
