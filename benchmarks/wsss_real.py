@@ -22,7 +22,7 @@ training with each seed, so run-to-run noise sits beside the differences between
 Results go to OUT/results.json, to stdout as a table, and into docs/benchmarks.md (this
 configuration's section, replaced) with docs/wsss_real_CONFIG.json beside it.
 
-The CPU configuration takes about 40 minutes per seed on 2 cores for both datasets; the
+The CPU configuration takes 38 minutes per seed on 2 quiet cores for both datasets; the
 paper-sized one (ResNet-38 classifier, DeepLabV3+ ResNet-101, 20/30 epochs) is for a GPU.
 
     python benchmarks/wsss_real.py --config cpu -o /tmp/wsss          # both datasets
@@ -64,8 +64,8 @@ class Dataset:
     settings: dict[str, dict[str, object]]  # per configuration: stride, epochs
 
 
-#: Per configuration, what differs from the paper-sized run. The CPU one takes about 40
-#: minutes on 2 cores for both datasets: small timm/smp ResNets, fewer epochs (GlaS segmenter:
+#: Per configuration, what differs from the paper-sized run. The CPU one takes 38 minutes on
+#: 2 quiet cores for both datasets: small timm/smp ResNets, fewer epochs (GlaS segmenter:
 #: 3, which scored as 4 did: 0.633 vs 0.636), and bf16 autocast for training, cams and
 #: predict (the CPU's AVX-512 BF16 / AMX path: 2-4x fp32;
 #: pseudo masks within 0.001 mIoU of fp32). From scratch the decoder trains at the encoder's LR

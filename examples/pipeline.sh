@@ -16,7 +16,7 @@ histoseg tile "$work/data" --dataset luad -o "$work/artifacts" --quiet
 ckpt=$(histoseg train-cls "$work/artifacts/train.h5" --val "$work/artifacts/val.h5" \
     -o "$work/cls" --backbone resnet18 --epochs 3 --pda-warmup 1 --quiet)
 
-# 4. Stage 2: three pseudo masks per training patch by multi-layer Grad-CAM, and the same on
+# 4. Stage 2: three pseudo masks per training patch by multi-layer Layer-CAM, and the same on
 #    the validation split, where the masks are scored against the ground truth.
 histoseg cams "$ckpt" "$work/artifacts/train.h5" -o "$work/pseudo/train.h5" --quiet
 histoseg cams "$ckpt" "$work/artifacts/val.h5" -o "$work/pseudo/val.h5" --json --quiet \
