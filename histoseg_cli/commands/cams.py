@@ -45,7 +45,7 @@ def cams(
         "--precision", help="auto (bf16 autocast on CUDA) | fp32 | bf16 (2-4x fp32 on "
         "CPUs with bf16 units).")] = "auto",
     tta: Annotated[str, typer.Option(
-        "--tta", help="Views whose Grad-CAM maps are averaged: flips (the patch and its "
+        "--tta", help="Views whose maps are averaged: flips (the patch and its "
         "three mirror images), d4 (also transposed: 8 views), hflip, or none (one pass, as "
         "the reference).", rich_help_panel=MASKS)] = "flips",
     cam: Annotated[str, typer.Option(

@@ -1,4 +1,5 @@
-"""Raw Grad-CAM maps -> normalised CAMs -> pseudo masks (docs/method.md, stage 2).
+"""Raw class activation maps (Grad-CAM or Layer-CAM) -> normalised CAMs -> pseudo masks
+(docs/method.md, stage 2).
 
 Per patch and layer: bilinear upsampling to the patch size, min-max over the whole C x H x W
 stack (not per class, as in the reference), zero maps for classes absent from the patch label,

@@ -96,7 +96,8 @@ def compute_batch(model: CamModel, patches: np.ndarray, labels: np.ndarray,
                   cam: str = "gradcam") -> PseudoMasks:
     """CAMs and pseudo masks of one batch of (B, H, W, 3) uint8 patches with (B, C) labels
     and (B, H, W) bool background (from :func:`background_mask`); raw maps by ``cam``
-    (Grad-CAM or Layer-CAM) averaged over the ``tta`` views of each patch."""
+    (Grad-CAM or Layer-CAM) averaged over the ``tta`` views of each patch. The defaults are
+    the reference's single Grad-CAM pass; :class:`CamsConfig` holds the command's."""
     device = model.device
 
     def maps_of(x: torch.Tensor) -> dict[str, torch.Tensor]:
