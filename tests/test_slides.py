@@ -132,7 +132,7 @@ def test_folder_with_corrupt_slide_resume_and_overwrite(slides: dict[str, Path],
     (folder / "notes.txt").write_text("not a slide")
     out = tmp_path / "out"
     code, output = tile(folder, "-o", out, "--patch-size", 112)
-    assert code == 1 and "broken.svs" in output and "1 of 3 slides failed" in output
+    assert code == 1 and "broken.svs" in output and "1 of 3 inputs failed" in output
     rows = {Path(r["slide"]).name: r for r in csv.DictReader(open(out / "manifest.csv"))}
     assert {k: r["status"] for k, r in rows.items()} == {
         "a.tiff": "done", "broken.svs": "failed", "b.tiff": "done"}

@@ -20,8 +20,9 @@ SLIDES = "Slides"
 @command(app, "tile", panel="Data")
 def tile(
     input: Annotated[Path, typer.Argument(help="Slide or folder of slides (searched "
-                                          "recursively); dataset folder (with --dataset); "
-                                          "image folder (with --masks).", show_default=False)],
+                                          "recursively); dataset folder (layout detected, or "
+                                          "--dataset); image folder (with --masks).",
+                                          show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder for slides "
                                          "(one .h5 + thumbnail per slide, manifest.csv) or, "
                                          "for one slide, the .h5 to write; otherwise the "

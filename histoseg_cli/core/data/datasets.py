@@ -69,24 +69,35 @@ def _training_images(root: Path) -> list[Path]:
     return []
 
 
-def detect_dataset(root: Path) -> DatasetSpec:
-    """The registered layout whose label style the training file names under ``root`` use.
+def looked_for() -> str:
+    """What layout detection looks for, for messages."""
+    return "; ".join(f"{s.name}: names ending in {s.label_example}"
+                     for s in DATASETS.values() if s.label_pattern)
 
-    When no layout or more than one fits: one ``UsageError`` (the folder needs ``--dataset``)
-    naming the folder and saying what was looked for.
+
+def find_layout(root: Path) -> DatasetSpec | None:
+    """The registered layout whose label style the training file names under ``root`` use,
+    or ``None`` when none fits (or there are no training images to tell from).
+
+    More than one fitting layout is a ``UsageError``: the folder needs ``--dataset``.
     """
     if not root.is_dir():
         raise InputError(root, "no such folder")
     sample = _training_images(root)[:64]
-    looked_for = "; ".join(f"{s.name}: names ending in {s.label_example}"
-                           for s in DATASETS.values() if s.label_pattern)
-    if not sample:
-        raise UsageError(f"{root}: cannot tell the dataset layout, no labelled training "
-                         f"images (looked for {looked_for}); name it with --dataset")
-    fits = [spec for spec in DATASETS.values() if spec.label_pattern and all(
+    fits = [spec for spec in DATASETS.values() if sample and spec.label_pattern and all(
         re.search(spec.label_pattern + r"[^\[\]]*$", p.stem) for p in sample)]
-    if len(fits) != 1:
-        found = "several layouts fit" if fits else "no layout fits"
+    if len(fits) > 1:
+        raise UsageError(f"{root}: cannot tell the dataset layout (several layouts fit: "
+                         f"{', '.join(s.name for s in fits)}); name it with --dataset")
+    return fits[0] if fits else None
+
+
+def detect_dataset(root: Path) -> DatasetSpec:
+    """:func:`find_layout`, for inputs that must be a dataset folder: no fitting layout is a
+    ``UsageError`` naming the folder and saying what was looked for."""
+    spec = find_layout(root)
+    if spec is None:
+        found = "no layout fits" if _training_images(root) else "no labelled training images"
         raise UsageError(f"{root}: cannot tell the dataset layout ({found}; looked for "
-                         f"{looked_for}); name it with --dataset")
-    return fits[0]
+                         f"{looked_for()}); name it with --dataset")
+    return spec

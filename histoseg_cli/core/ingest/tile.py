@@ -2,23 +2,32 @@
 and the run.
 
 Three modes: whole-slide images (a slide or a folder of slides), a registered patch-dataset
-layout (``dataset``), and an image folder with masks (``masks``). Options that belong to
-another mode are usage errors naming the flags. Inputs are checked before outputs.
+layout (``dataset``), and an image folder with masks (``masks``). A folder given without
+``dataset`` or ``masks`` is a patch dataset when a registered layout fits its file names (the
+detection ``train-cls`` and ``cams`` use), else a folder of slides; plain images alone are
+refused, since nothing says what they are. Options that belong to another mode are usage
+errors naming the flags. Inputs are checked before outputs.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from histoseg_cli.core.data.datasets import find_splits
+from histoseg_cli.core.data.datasets import find_layout, find_splits, looked_for
 from histoseg_cli.core.data.layouts import get_dataset
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.ingest.patches import TileConfig, tile_masked_images, tile_split
 from histoseg_cli.core.ingest.sources import ARTIFACT_SUFFIXES
 from histoseg_cli.core.progress import SILENT, Reporter
+
+log = logging.getLogger("histoseg")
+
+#: Files that are plain images, not slides, unless a resolution is given for them.
+PLAIN_IMAGES = (".png", ".jpg", ".jpeg")
 
 #: ``--compression`` names -> HDF5 filters (None: raw chunks).
 COMPRESSIONS = {"gzip": "gzip", "none": None, "lzf": "lzf"}
@@ -84,6 +93,8 @@ def run_tile(req: TileRequest, reporter: Reporter = SILENT) -> TileOutcome:
                      "--overwrite": req.overwrite}
     patch_options = {"--classes": req.classes, "--min-fraction": req.min_fraction,
                      "--keep-empty": req.keep_empty}
+    if req.mode == "slides" and req.input.is_dir():
+        req = _folder_mode(req, slide_options)
     if req.mode == "slides":
         _reject(patch_options, "to --dataset/--masks, not to slides")
         return _slides(req, reporter)
@@ -94,6 +105,35 @@ def run_tile(req: TileRequest, reporter: Reporter = SILENT) -> TileOutcome:
                         keep_empty=req.keep_empty, workers=req.workers or 4)
     return _masks(req, config, reporter) if req.mode == "masks" else _dataset(req, config,
                                                                                reporter)
+
+
+def _folder_mode(req: TileRequest, slide_options: dict[str, object]) -> TileRequest:
+    """A folder without ``--dataset``/``--masks``: the patch dataset whose layout fits its
+    names (unless slide options say it holds slides), else slides, but not plain images
+    alone without a resolution for them."""
+    asks_slides = any(v not in (None, False) for k, v in slide_options.items()
+                      if k != "--overwrite")
+    if not asks_slides:
+        spec = find_layout(req.input)
+        if spec is not None:
+            log.info("%s: detected the %s layout (labels like %s); tiling it as that dataset "
+                     "(--dataset %s)", req.input, spec.name, spec.label_example, spec.name)
+            return replace(req, dataset=spec.name, overwrite=False)
+    if req.source_mpp is None:
+        from histoseg_cli.core.slides.batch import find_slides  # openslide: only for slides
+
+        try:
+            found = find_slides(req.input, exclude=req.output)
+        except InputError:  # no slide files at all: said where slides are looked for
+            return req
+        if all(p.suffix.lower() in PLAIN_IMAGES for p in found):
+            raise UsageError(
+                f"{req.input}: {len(found)} plain images ({', '.join(PLAIN_IMAGES)}) and no "
+                f"slide files, and no patch-dataset layout fits their names (looked for "
+                f"{looked_for()}); say what they are: --dataset NAME for a patch dataset, "
+                "--masks FOLDER for images with masks, --source-mpp UM_PER_PX to tile them "
+                "as slides")
+    return req
 
 
 def _slides(req: TileRequest, reporter: Reporter) -> TileOutcome:
@@ -119,13 +159,8 @@ def _slides(req: TileRequest, reporter: Reporter) -> TileOutcome:
                           workers=req.workers or min(4, os.cpu_count() or 1),
                           artifact=req.output if single_file else None)
     ok = [o for o in summary.outcomes if o.status != "failed"]
-    error = None
-    if len(summary.outcomes) == 1 and summary.failed:
-        error = summary.failed[0].error
-    elif summary.failed:
-        error = (f"{len(summary.failed)} of {len(summary.outcomes)} slides failed; see "
-                 f"{summary.manifest}")
-    return TileOutcome(summary.as_dict(), [str(o.output) for o in ok], error)
+    return TileOutcome(summary.as_dict(), [str(o.output) for o in ok],
+                       summary.error)
 
 
 def _masks(req: TileRequest, config: TileConfig, reporter: Reporter) -> TileOutcome:

@@ -23,6 +23,7 @@ from rich.table import Table
 from histoseg_cli.core.atomic import write_csv_atomic
 from histoseg_cli.core.distributed import DistContext
 from histoseg_cli.core.errors import HistosegError, InputError, UsageError
+from histoseg_cli.core.failures import FailureLog
 from histoseg_cli.core.imageio import list_images
 from histoseg_cli.core.predict.images import ImageTargets, predict_image_file
 from histoseg_cli.core.predict.inputs import ARTIFACT_SUFFIXES, input_mode, slides_in
@@ -165,11 +166,13 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
     slides = mode in ("slide", "slides")
     config = slide_config(req, predictor) if slides else None
     stride = req.stride or max(1, predictor.patch_size // 2)
+    failures = FailureLog(len(mine))
     for job in mine:
         if not req.overwrite and job.targets.complete():
             job.status = "skipped"
             job.result = {"output": str(job.targets.output)}
             log.info("%s: outputs complete, skipped (--overwrite redoes them)", job.input.name)
+            failures.success()
     todo = [job for job in mine if job.status == "pending"]
 
     def prepare(job: Job) -> PreparedSlide | None:
@@ -188,7 +191,7 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
                 else:
                     bar.update(task, completed=done, total=total)
 
-            _run_one(job, prepared, predictor, strips, stride, progress)
+            _run_one(job, prepared, predictor, strips, stride, progress, failures)
             bar.remove_task(task)
             if manifest is not None and not ctx.distributed:
                 write_manifest(manifest, jobs)
@@ -196,9 +199,12 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
     seconds = time.perf_counter() - started
     if manifest is not None and ctx.is_main:
         write_manifest(manifest, all_jobs)
-    if reporter.enabled and ctx.is_main:
+    if ctx.distributed:  # each rank logs its own failures; the closing line counts all
+        failures.release()
+        failures = FailureLog.counted(len(all_jobs), [(j.input, j.error) for j in all_jobs
+                                                      if j.status == "failed"])
+    if reporter.enabled and ctx.is_main and not failures.all_one_reason:
         reporter.console.print(summary_table(all_jobs, seconds))
-    failed = [j for j in all_jobs if j.status == "failed"]
     payload: dict[str, Any] = {"inputs": [{"input": str(j.input), "status": j.status,
                                            "error": j.error or None, **j.result}
                                           for j in all_jobs],
@@ -206,13 +212,12 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
     if manifest is not None:
         payload["manifest"] = str(manifest)
     paths = [str(j.result["output"]) for j in all_jobs if j.status != "failed"]
-    error = (f"{len(failed)} of {len(all_jobs)} inputs failed (first: {failed[0].error})"
-             if failed else "")
-    return PredictOutcome(payload, paths, error, ctx.is_main)
+    return PredictOutcome(payload, paths, failures.closing_message(manifest) or "", ctx.is_main)
 
 
 def _run_one(job: Job, prepared: Future[PreparedSlide | None], predictor: Predictor,
-             strips: StripReader, stride: int, progress: Callable[..., None]) -> None:
+             strips: StripReader, stride: int, progress: Callable[..., None],
+             failures: FailureLog) -> None:
     try:
         if isinstance(job.targets, SlideTargets):
             job.result = predict_slide(prepared.result(), job.targets, predictor, strips,
@@ -221,6 +226,7 @@ def _run_one(job: Job, prepared: Future[PreparedSlide | None], predictor: Predic
             job.result = predict_image_file(job.input, job.targets, predictor, stride,
                                             progress)
         job.status = "done"
+        failures.success()
         log.info("%s: %d tiles in %.1f s", job.input.name, job.result["tiles"],
                  job.result.get("seconds", 0.0) or 0.0)
     except KeyboardInterrupt:
@@ -233,7 +239,7 @@ def _run_one(job: Job, prepared: Future[PreparedSlide | None], predictor: Predic
         job.status = "failed"
         job.error = str(err) if isinstance(err, HistosegError) else (
             f"{job.input}: {type(err).__name__}: {err}")
-        log.error("%s", job.error)
+        failures.failure(job.input, job.error, err)
         log.debug("details", exc_info=True)
 
 

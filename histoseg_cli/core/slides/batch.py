@@ -22,6 +22,7 @@ from rich.table import Table
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.atomic import write_csv_atomic
 from histoseg_cli.core.errors import HistosegError, InputError
+from histoseg_cli.core.failures import FailureLog
 from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.parallel import ordered_futures
 from histoseg_cli.core.slides.extract import (SlideConfig, SlideResult, SlideTiling,
@@ -76,6 +77,7 @@ class BatchSummary:
     manifest: Path
     seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None  # the closing line when some slide failed
 
     @property
     def failed(self) -> list[SlideOutcome]:
@@ -171,6 +173,7 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
     manifest = out_dir / MANIFEST
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[int, SlideOutcome] = {}  # by slide index, so the manifest keeps slide order
+    failures = FailureLog(len(slides))
     todo = []
     for i, (slide, (artifact, preview)) in enumerate(zip(slides, targets)):
         existing = None if overwrite else is_complete(artifact)
@@ -178,13 +181,14 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
             todo.append(i)
         else:
             done[i] = SlideOutcome(slide, "skipped", artifact, preview, existing)
+            failures.success()
             log.info("%s: complete output %s, skipped (--overwrite redoes it)", slide.name,
                      artifact)
     outcomes = lambda: [done[k] for k in sorted(done)]  # noqa: E731
 
     def fail(i: int, err: BaseException) -> None:
         message = _describe_failure(slides[i], err)
-        log.error("%s", message)
+        failures.failure(slides[i], message, err)
         log.debug("details", exc_info=err)
         done[i] = SlideOutcome(slides[i], "failed", *targets[i], error=message)
 
@@ -223,6 +227,7 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
                     done[item.index] = SlideOutcome(slides[item.index], "done",
                                                     *targets[item.index], result.patches,
                                                     result=result)
+                    failures.success()
                     log.info("%s: %d patches in %.1f s (%.0f tiles/s)",
                              slides[item.index].name, result.patches, result.seconds,
                              result.tiles_per_s)
@@ -256,8 +261,9 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
     write_manifest(manifest, outcomes())
     counts = {s: sum(o.status == s for o in done.values()) for s in ("done", "skipped", "failed")}
     summary = BatchSummary(outcomes(), manifest, time.perf_counter() - start, counts)
-    if reporter.enabled:
+    if reporter.enabled and not failures.all_one_reason:  # else the closing line says it all
         reporter.console.print(summary_table(summary))
+    summary.error = failures.closing_message(manifest)
     return summary
 
 

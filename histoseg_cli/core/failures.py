@@ -1,0 +1,88 @@
+"""How a folder run reports the inputs that failed.
+
+Each failure is logged as it happens, except while every input so far has failed for one and
+the same reason: those are held back, because a folder in which everything fails for one
+reason (slides that record no resolution, a wrong flag) should say so once, with the count,
+instead of once per input. The first success or a second reason releases them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from histoseg_cli.core.errors import InputError
+
+log = logging.getLogger("histoseg")
+
+
+def failure_reason(input: Path, message: str, err: BaseException | None = None) -> str:
+    """``message`` without the input's own path, so failures of different inputs compare."""
+    if isinstance(err, InputError) and err.path is not None and Path(err.path) == Path(input):
+        return err.expected
+    return message.removeprefix(f"{input}: ")
+
+
+class FailureLog:
+    """The failures of one folder run of ``total`` inputs, and its closing line."""
+
+    def __init__(self, total: int, noun: str = "inputs", echo: bool = True) -> None:
+        self.total = total
+        self.noun = noun
+        self.echo = echo  # False: only count (the failures were logged elsewhere)
+        self.failures: list[tuple[Path, str, str]] = []  # (input, message, reason)
+        self._held: list[str] = []
+        self._holding = True
+
+    def success(self) -> None:
+        """An input went through: failures are no longer all of one kind."""
+        self._release()
+
+    def failure(self, input: Path, message: str, err: BaseException | None = None) -> None:
+        """``input`` failed with ``message`` (which names it)."""
+        reason = failure_reason(input, message, err)
+        if self.failures and reason != self.failures[0][2]:
+            self._release()
+        self.failures.append((input, message, reason))
+        if self._holding:
+            self._held.append(message)
+        elif self.echo:
+            log.error("%s", message)
+
+    def release(self) -> None:
+        """Log the failures held back so far (before the run's tables are merged)."""
+        self._release()
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            for message in self._held if self.echo else ():
+                log.error("%s", message)
+            self._held.clear()
+
+    @classmethod
+    def counted(cls, total: int, failed: list[tuple[Path, str]]) -> FailureLog:
+        """A log of failures already reported elsewhere (other ranks), for its closing line."""
+        merged = cls(total, echo=False)
+        for input, message in failed:
+            merged.failure(input, message)
+        return merged
+
+    @property
+    def all_one_reason(self) -> bool:
+        """Every input of the run failed, all for the same reason (nothing logged yet)."""
+        return self._holding and bool(self.failures) and len(self.failures) == self.total
+
+    def closing_message(self, manifest: Path | None = None) -> str | None:
+        """One line for the end of the run: ``None`` when nothing failed; the shared reason
+        once with the count when everything failed for it; else the count and the first."""
+        if not self.failures:
+            return None
+        see = f"; see {manifest}" if manifest is not None else ""
+        if self.total == 1:
+            return self.failures[0][1]
+        if self.all_one_reason:
+            return f"{self.total} of {self.total} {self.noun}: {self.failures[0][2]}{see}"
+        self._release()
+        return (f"{len(self.failures)} of {self.total} {self.noun} failed (first: "
+                f"{self.failures[0][1]}){see}")
