@@ -93,3 +93,30 @@ def test_every_input_failing_for_one_reason_is_one_line(tmp_path):
     assert "--source-mpp" in errors[0] and "Traceback" not in res.stderr
     rows = list(csv.DictReader(open(tmp_path / "out" / "manifest.csv")))
     assert [r["status"] for r in rows] == ["failed"] * 6
+
+
+def test_failure_log_holds_one_reason_back_until_something_else_happens(caplog):
+    from histoseg_cli.core.errors import InputError
+    from histoseg_cli.core.failures import FailureLog
+
+    def err(name: str, why: str) -> InputError:
+        return InputError(Path(name), why)
+
+    same = FailureLog(3)
+    for name in ("a", "b", "c"):
+        e = err(name, "no resolution")
+        same.failure(Path(name), str(e), e)
+    assert not caplog.records and same.all_one_reason
+    assert same.closing_message(Path("m.csv")) == "3 of 3 inputs: no resolution; see m.csv"
+
+    mixed = FailureLog(4)
+    for name in ("a", "b"):
+        e = err(name, "no resolution")
+        mixed.failure(Path(name), str(e), e)
+    assert not caplog.records
+    mixed.success()  # a success releases what was held, in order
+    assert [r.getMessage() for r in caplog.records] == ["a: no resolution", "b: no resolution"]
+    e = err("d", "corrupt")
+    mixed.failure(Path("d"), str(e), e)
+    assert caplog.records[-1].getMessage() == "d: corrupt" and not mixed.all_one_reason
+    assert mixed.closing_message() == "3 of 4 inputs failed (first: a: no resolution)"
