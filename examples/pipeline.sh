@@ -8,8 +8,9 @@ work="${1:-demo-run}"
 #    val/ and test/ with palette masks.
 histoseg demo-data "$work/data" --quiet
 
-# 2. Dataset -> HDF5 artifacts, one per split (stdout: their paths).
-histoseg tile "$work/data" --dataset luad -o "$work/artifacts" --quiet
+# 2. Dataset -> HDF5 artifacts, one per split (stdout: their paths); the layout is detected
+#    from the file names (--dataset luad names it).
+histoseg tile "$work/data" -o "$work/artifacts" --quiet
 
 # 3. Stage 1: the multi-label classifier with Progressive Dropout Attention. A light backbone
 #    and 3 epochs for the demo; the paper's setting is the default (resnet38d, 20 epochs).
