@@ -83,11 +83,17 @@ class PatchDataset(Dataset):
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, sampler: DistributedSampler | None,
-                workers: int, pin_memory: bool, drop_last: bool) -> DataLoader:
+                workers: int, pin_memory: bool, drop_last: bool, seed: int = 0) -> DataLoader:
     """A loader that keeps workers alive across epochs and prefetches a few batches; never
-    more workers than CPUs this process may use."""
+    more workers than CPUs this process may use.
+
+    It draws its workers' seeds from a generator of its own: persistent workers draw once, in
+    the first epoch a process runs, so drawing from the global RNG would shift every later
+    random number of that epoch and a resumed run would differ from an uninterrupted one.
+    """
     workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                   else os.cpu_count() or 1)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=workers, pin_memory=pin_memory, drop_last=drop_last,
-                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                      generator=torch.Generator().manual_seed(seed))

@@ -123,6 +123,10 @@ class _Loop:
         """Check the run directory, resolve and validate the data; rank 0 only."""
         task, run = self.task, self.run_dir
         cfg = task.config
+        if cfg.resume and not run.has_run() and run.config.is_file():
+            log.info("%s: the run stopped before its first epoch ended; starting it again",
+                     run.root)
+            task.config = cfg = replace(cfg, resume=False, overwrite=True)
         if cfg.resume:
             if not run.has_run():
                 raise InputError(run.root, f"nothing to resume (no {run.checkpoint.name}); "
@@ -207,7 +211,8 @@ class _Loop:
         sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
                                      shuffle=True, seed=cfg.seed)
         loader = make_loader(dataset, per_rank, sampler=sampler, workers=cfg.workers,
-                             pin_memory=self.device.type == "cuda", drop_last=True)
+                             pin_memory=self.device.type == "cuda", drop_last=True,
+                             seed=cfg.seed)
         steps = len(sampler) // per_rank
         optimizer = make_optimizer(task.parameter_groups(model), cfg.lr, cfg.momentum,
                                    self.device)
@@ -287,14 +292,16 @@ class _Loop:
         score = (row.get("val") or {}).get(task.score_key)
         improved = score is not None and (best_score is None or score > best_score)
         best_score = score if improved else best_score
-        save_checkpoint(run.checkpoint, model, info, training={
-            "optimizer": step.optimizer.state_dict(), "scheduler": step.scheduler.state_dict(),
-            "steps_per_epoch": steps, "best_score": best_score})
+        # everything else first, the checkpoint last: it is what --resume continues from,
+        # so a run killed in between redoes this epoch (the same way) and rewrites the rest
         if improved:
             save_checkpoint(run.best, model, info)
         run.write_metrics(rows)
         run.write_curve(rows)
         task.epoch_end(run.root, row)
+        save_checkpoint(run.checkpoint, model, info, training={
+            "optimizer": step.optimizer.state_dict(), "scheduler": step.scheduler.state_dict(),
+            "steps_per_epoch": steps, "best_score": best_score})
         log.info("epoch %d/%d  loss %.4f  lr %.2e  %.1f img/s%s", row["epoch"],
                  task.config.epochs, row["train_loss"], row["lr"], row["images_per_s"],
                  task.describe(row))
