@@ -58,3 +58,29 @@ def write_csv_atomic(target: str | Path, fields: Sequence[str],
         writer.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
                          for k, v in row.items()})
     return write_text_atomic(target, buffer.getvalue())
+
+
+class NewPaths:
+    """What a command is about to create under some folders, so that a refused run can take
+    it away again: folders that do not exist yet, and files that appear in existing ones.
+
+    Snapshot first; :meth:`remove` deletes only what was not there at the snapshot.
+    """
+
+    def __init__(self, *folders: Path) -> None:
+        self.folders = [Path(f) for f in folders]
+        self.before = {f: set(f.iterdir()) if f.is_dir() else None for f in self.folders}
+
+    def remove(self) -> None:
+        import shutil
+
+        for folder in reversed(self.folders):  # inner folders were listed after outer ones
+            existed = self.before[folder]
+            if existed is None:
+                shutil.rmtree(folder, ignore_errors=True)
+            elif folder.is_dir():
+                for path in set(folder.iterdir()) - existed:
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from histoseg_cli.core.atomic import temporary_path
+from histoseg_cli.core.data.format import names_digest
+from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.export.fused import FusedGatedSegmenter
 from histoseg_cli.core.export.onnx_export import export_onnx
@@ -76,14 +78,32 @@ class ExportRequest:
         return precision
 
 
-def _source(req: ExportRequest, training_data: str | None) -> Path:
-    """The patches artifact exports are verified (and int8 calibrated) on."""
-    source = req.calib or (Path(training_data) if training_data else None)
-    if source is None or not source.is_file():
-        where = f" ({training_data} is gone)" if training_data else ""
-        raise InputError(req.segmenter, f"no patches to verify the export on{where}; pass "
-                         "--calib PATCHES.h5")
-    return source
+def _source(req: ExportRequest, card: ModelCard) -> Path:
+    """The patches artifact exports are verified (and int8 calibrated) on: ``--calib``, else
+    the artifact the segmenter's run read (absolute, checked by the hash of its patch names),
+    else (checkpoints of older versions) the dataset import kept in its run directory."""
+    if req.calib is not None:
+        if not req.calib.is_file():
+            raise InputError(req.calib, "no such file: no patches to verify the export on "
+                             "(expected a patches artifact .h5)")
+        return req.calib
+    recorded = card.sources.get("training_data")
+    digest = card.sources.get("training_names_sha256")
+    candidates = [Path(recorded)] if recorded else []
+    run_dir = req.segmenter if req.segmenter.is_dir() else req.segmenter.parent
+    candidates.append(run_dir / "data" / "train.h5")
+    for path in candidates:
+        if path.is_file():
+            if digest:
+                with Artifact(path) as art:
+                    if names_digest(art.names()) != digest:
+                        raise InputError(path, "holds other patches than the segmenter was "
+                                         "trained on (changed since); pass --calib "
+                                         "PATCHES.h5")
+            return path
+    where = f" ({recorded} is gone)" if recorded else ""
+    raise InputError(req.segmenter, f"no patches to verify the export on{where}; pass "
+                     "--calib PATCHES.h5")
 
 
 def _export_onnx(fused: FusedGatedSegmenter, card: ModelCard, path: Path, precision: str,
@@ -121,7 +141,7 @@ def run_export(req: ExportRequest) -> dict[str, Any]:
         require_cuda()
     cpu = torch.device("cpu")
     gated, card = load_gated(req.segmenter, req.classifier, cpu, req.gate)
-    source = _source(req, card.sources.get("training_data"))
+    source = _source(req, card)
     patches = sample_patches(source, req.samples, card.patch_size)
     reference = InferenceEngine.for_model(gated, None, cpu, "fp32")
     fused = FusedGatedSegmenter(gated)

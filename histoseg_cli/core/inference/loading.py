@@ -50,7 +50,9 @@ def card_of(segmenter: LoadedModel, classifier: LoadedModel | None, gated: Gated
         gate_threshold=gated.threshold, normalisation=norms,
         sources={"segmenter": str(segmenter.path),
                  "classifier": None if classifier is None else str(classifier.path),
-                 "training_data": info.config.get("data")},
+                 "training_data": (info.data.get("train") or {}).get("path")
+                 or info.config.get("data"),
+                 "training_names_sha256": (info.data.get("train") or {}).get("names_sha256")},
         precision=precision)
 
 

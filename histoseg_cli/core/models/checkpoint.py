@@ -43,6 +43,9 @@ class ModelInfo:
     patch_size: int = 224
     mpp: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    #: the artifacts the run actually read ("train", "val"): absolute path, names_sha256,
+    #: num_patches; found from any working directory, e.g. by export's verification
+    data: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
     epoch: int = 0  # epochs completed
     iteration: int = 0  # optimizer steps completed

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import PolynomialLR
 from torch.utils.data import DataLoader, DistributedSampler
 
+from histoseg_cli.core.atomic import NewPaths
+from histoseg_cli.core.data.format import InputLink
 from histoseg_cli.core.data.inputs import DataSources
+from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import HistosegError, InputError, UsageError
 from histoseg_cli.core.inference.engine import InferenceEngine, autocast_dtype
 from histoseg_cli.core.models.checkpoint import read_checkpoint, save_checkpoint
@@ -107,6 +110,17 @@ def train(task: TrainTask, prepare: PrepareSources, reporter: Reporter = SILENT)
         ctx.close()
 
 
+def data_record(sources: DataSources) -> dict[str, Any]:
+    """What a checkpoint records of the artifacts its run read: absolute path, hash of the
+    patch names and their count (the identity derived artifacts link by)."""
+    record = {}
+    for role, path in (("train", sources.train), ("val", sources.val)):
+        if path is not None:
+            with Artifact(path) as art:
+                record[role] = asdict(InputLink.to(art))
+    return record
+
+
 class _Loop:
     def __init__(self, task: TrainTask, prepare: PrepareSources, ctx: DistContext,
                  reporter: Reporter) -> None:
@@ -117,6 +131,12 @@ class _Loop:
         self.run_dir = RunDir(task.config.run_dir, task)
         self.device = ctx.device
         self._payload: dict[str, Any] | None = None  # the checkpoint being resumed
+        self._data: dict[str, Any] | None = None  # what checkpoints record of the data
+
+    def _data_record(self, sources: DataSources) -> dict[str, Any]:
+        if self._data is None:
+            self._data = data_record(sources)
+        return self._data
 
     # ----------------------------------------------------------------- set-up (rank 0)
     def _prepare(self) -> DataSources:
@@ -142,6 +162,7 @@ class _Loop:
         elif run.has_run() and not cfg.overwrite:
             raise UsageError(f"{run.root} already holds a run ({run.checkpoint.name}); "
                              "pass --resume to continue it or --overwrite to start again")
+        task.preflight()
         sources = self.prepare(cfg.data, cfg.val, cfg.dataset, run.root / "data", cfg.workers,
                                self.reporter)
         sources = task.check_data(sources)
@@ -155,15 +176,20 @@ class _Loop:
         if cfg.batch_size % self.ctx.world_size:
             raise UsageError(f"{cfg.batch_size} is not divisible by the {self.ctx.world_size} "
                              "processes", "--batch-size")
-        if cfg.overwrite and not cfg.resume:  # only now that the new inputs are known good
+        return sources
+
+    def _commit(self, sources: DataSources) -> None:
+        """The inputs are accepted: clear a run being overwritten, record the config."""
+        task, run, cfg = self.task, self.run_dir, self.task.config
+        if cfg.overwrite and not cfg.resume:
             for path in (run.checkpoint, run.best, run.metrics, run.curve):
                 path.unlink(missing_ok=True)
         run.root.mkdir(parents=True, exist_ok=True)
         run.write_config({**cfg.as_dict(), "task": task.name,
-                          "train_artifact": str(sources.train),
-                          "val_artifact": str(sources.val) if sources.val else None,
+                          "train_artifact": str(Path(sources.train).resolve()),
+                          "val_artifact": str(Path(sources.val).resolve()) if sources.val
+                          else None,
                           "world_size": self.ctx.world_size})
-        return sources
 
     def _build(self, sources: DataSources) -> nn.Module:
         torch.manual_seed(self.task.config.seed)
@@ -173,13 +199,17 @@ class _Loop:
         """Rank 0 prepares; every rank gets the config and sources, or rank 0's error."""
         task = self.task
         if self.ctx.is_main:
+            made = NewPaths(self.run_dir.root, self.run_dir.root / "data")
             try:
                 sources = self._prepare()
                 model = self._build(sources)
                 if task.config.pretrained and not task.config.resume:
                     task.load_pretrained(model)
-            except Exception as err:
-                self.ctx.share(("error", str(err)))
+                self._commit(sources)
+            except BaseException as err:
+                made.remove()  # a refused run leaves nothing behind (data imports included)
+                if isinstance(err, Exception):
+                    self.ctx.share(("error", str(err)))
                 raise
             self.ctx.share(("ok", (task.config.as_dict(), sources)))
             return sources, model
@@ -288,7 +318,7 @@ class _Loop:
         metrics and curve."""
         task, run, row = self.task, self.run_dir, rows[-1]
         info = replace(task.info(model, sources, row), epoch=row["epoch"],
-                       iteration=row["iteration"])
+                       iteration=row["iteration"], data=self._data_record(sources))
         score = (row.get("val") or {}).get(task.score_key)
         improved = score is not None and (best_score is None or score > best_score)
         best_score = score if improved else best_score

@@ -22,6 +22,7 @@ from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.inference.engine import InferenceEngine
 from histoseg_cli.core.metrics.confusion import ConfusionMatrix
 from histoseg_cli.core.metrics.multilabel import multilabel_metrics
+from histoseg_cli.core.models.checkpoint import read_checkpoint, resolve_checkpoint
 from histoseg_cli.core.models.preprocess import InputNorm
 from histoseg_cli.core.models.segmenter import ATROUS_RATES, Segmenter, SegmenterInfo, load_encoder_weights
 from histoseg_cli.core.training.augment import PairedAugment
@@ -94,6 +95,18 @@ class SegmenterTask(TrainTask):
     config: SegmenterConfig
 
     # ---------------------------------------------------------------- set-up
+    def preflight(self) -> None:
+        super().preflight()
+        cfg = self.config
+        self._classifier_classes: list[str] | None = None
+        if cfg.classifier:
+            path = resolve_checkpoint(cfg.classifier)
+            payload = read_checkpoint(path, task="classifier")
+            if payload["task"] != "classifier":
+                raise InputError(path, f"holds a {payload['task']} model; expected a train-cls "
+                                 "checkpoint or run directory")
+            self._classifier_classes = list(payload["info"]["class_names"])
+
     def check_data(self, sources: DataSources) -> DataSources:
         cfg = self.config
         with Artifact(sources.train) as train:
@@ -107,6 +120,10 @@ class SegmenterTask(TrainTask):
             raise InputError(sources.train, f"patch size {size} is not divisible by the "
                              f"encoder's output stride {cfg.output_stride}; tile with a "
                              "multiple of it")
+        classes = getattr(self, "_classifier_classes", None)
+        if classes is not None and classes != list(names):
+            raise InputError(cfg.classifier, f"classifies {', '.join(classes)}; the data has "
+                             f"{', '.join(names)}")
         self._layers, self._layer_index, self._lambdas = ["masks"], [0], [1.0]
         if not cfg.masks:
             self._check_pseudo(sources.train, names, size)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from histoseg_cli.core.data.inputs import DataSources
+from histoseg_cli.core.errors import InputError
 from histoseg_cli.core.inference.engine import InferenceEngine
 from histoseg_cli.core.models.checkpoint import ModelInfo
 from histoseg_cli.core.models.preprocess import InputNorm
@@ -53,6 +54,14 @@ class TrainTask(ABC):
         self.config = config
 
     # ---------------------------------------------------------------- set-up
+    def preflight(self) -> None:
+        """Check the option paths that need no data (rank 0, before any data is imported):
+        a ``pretrained`` weights file exists. Tasks add their own."""
+        pretrained = self.config.pretrained
+        if pretrained is not None and pretrained != "imagenet" and not Path(pretrained).is_file():
+            raise InputError(pretrained, "no such file (expected a weights file, or "
+                             "'imagenet')")
+
     @abstractmethod
     def check_data(self, sources: DataSources) -> DataSources:
         """Validate the inputs (rank 0, before anything is written); the sources with
