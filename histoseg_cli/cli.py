@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from histoseg_cli.core.errors import HistosegError
+from histoseg_cli.core.errors import HistosegError, describe_os_error
 from histoseg_cli.core.progress import Reporter
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks.",
@@ -94,6 +94,12 @@ def command(app: typer.Typer, name: str, panel: str) -> Callable[[Callable[..., 
                 raise typer.Exit(130) from None
             except (typer.Exit, typer.Abort, SystemExit):
                 raise
+            except OSError as err:  # a place that cannot be written or read, in one line
+                if verbose:
+                    traceback.print_exc(file=sys.stderr)
+                stderr.print(f"[bold red]error:[/] {describe_os_error(err)}", highlight=False,
+                             soft_wrap=True)
+                raise typer.Exit(1) from None
             except Exception as err:  # noqa: BLE001 - last line of defence for users
                 if verbose:
                     traceback.print_exc(file=sys.stderr)

@@ -83,6 +83,7 @@ def cams(
 
       histoseg cams runs/cls LUAD-HistoSeg -o pseudo.h5   (the training split, imported)
     """
+    from histoseg_cli.core.atomic import check_writable
     from histoseg_cli.core.cams.run import CamsConfig, run_cams  # torch: only when running
     from histoseg_cli.core.device import resolve_device
     from histoseg_cli.core.ingest.sources import resolve_patch_input
@@ -94,6 +95,7 @@ def cams(
     if not classifier.exists():
         raise InputError(classifier, "no such file or folder (expected a train-cls run "
                          "directory or checkpoint)")
+    check_writable(output)
     artifact = resolve_patch_input(data, dataset, output.parent / f"{output.stem}.data",
                                    reporter=out.reporter)
     summary = run_cams(classifier, artifact, output, config, resolve_device(device),

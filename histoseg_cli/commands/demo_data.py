@@ -29,8 +29,10 @@ def demo_data(
 
     [b]Example[/b]:  histoseg demo-data demo && histoseg tile demo --dataset luad -o demo-h5/
     """
+    from histoseg_cli.core.atomic import check_writable
     from histoseg_cli.core.data.demo import DemoConfig, write_demo_dataset  # numpy, scipy
 
     config = DemoConfig(patch_size=patch_size, train=train, val=val, test=test, seed=seed)
+    check_writable(out_dir, folder=True)
     counts = write_demo_dataset(out_dir, config, out.reporter)
     out.result({"output": str(out_dir), "synthetic": True, **counts})

@@ -41,10 +41,13 @@ def evaluate(
 
       histoseg eval labels/ masks/ -o metrics.json   (+ metrics.confusion.png, metrics.per-image.csv)
     """
+    from histoseg_cli.core.atomic import check_writable
     from histoseg_cli.core.metrics.evaluate import evaluate as run_eval
     from histoseg_cli.core.metrics.evaluate import scores_table, write_reports
 
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    if output is not None:
+        check_writable(output)
     result = run_eval(pred, truth, names, out.reporter)
     if out.reporter.enabled:
         stderr.print(scores_table(result.scores, f"eval ({len(result.per_image)} images)"))

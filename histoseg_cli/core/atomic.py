@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from histoseg_cli.core.errors import InputError
+
 
 def temporary_path(target: Path, tag: str = "tmp") -> Path:
     """The hidden sibling used while ``target`` is being written."""
@@ -84,3 +86,24 @@ class NewPaths:
                         shutil.rmtree(path, ignore_errors=True)
                     else:
                         path.unlink(missing_ok=True)
+
+
+def check_writable(target: str | Path, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: a file where a folder is
+    wanted (or the reverse), a parent that is a file, a place without write permission.
+    ``InputError`` naming the path, in one line."""
+    target = Path(target)
+    if target.exists():
+        if folder and not target.is_dir():
+            raise InputError(target, "exists and is a file; expected a folder to write into "
+                             "(remove it or pick another -o)")
+        if not folder and target.is_dir():
+            raise InputError(target, "is a folder; expected a file name to write")
+    parent = target if folder and target.is_dir() else target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(parent, f"is a file, not a folder, so {target} cannot be written")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(parent, f"is not writable (permission denied), so {target} cannot "
+                         "be written")

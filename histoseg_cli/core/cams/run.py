@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from histoseg_cli.core.atomic import check_writable
 from histoseg_cli.core.data.format import ArtifactMeta, InputLink
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.data.writer import ArtifactWriter, ItemSpec
@@ -262,5 +263,6 @@ def run_cams(classifier: Path, input_path: Path, output: Path, config: CamsConfi
         raise InputError(classifier, "no such file or folder (expected a train-cls run "
                          "directory or checkpoint)")
     Artifact(input_path).close()  # fail on bad input before loading a large model
+    check_writable(output)
     model = load_cam_model(classifier, device, config.precision)
     return generate_pseudo_masks(model, input_path, output, config, reporter)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from histoseg_cli.core.data.layouts import DATASETS, DatasetSpec
 from histoseg_cli.core.errors import InputError, UsageError
-from histoseg_cli.core.imageio import list_images
+from histoseg_cli.core.imageio import IMAGE_SUFFIXES, list_images
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,9 @@ def detect_dataset(root: Path) -> DatasetSpec:
     """:func:`find_layout`, for inputs that must be a dataset folder: no fitting layout is a
     ``UsageError`` naming the folder and saying what was looked for."""
     spec = find_layout(root)
+    if spec is None and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.rglob("*")):
+        raise InputError(root, "holds no artifacts and no images (expected patches artifacts "
+                         ".h5, or a patch-dataset folder)")
     if spec is None:
         found = "no layout fits" if _training_images(root) else "no labelled training images"
         raise UsageError(f"{root}: cannot tell the dataset layout ({found}; looked for "

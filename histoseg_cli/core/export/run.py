@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from histoseg_cli.core.atomic import temporary_path
+from histoseg_cli.core.atomic import check_writable, temporary_path
 from histoseg_cli.core.data.format import names_digest
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import InputError, UsageError
@@ -136,6 +136,7 @@ def run_export(req: ExportRequest) -> dict[str, Any]:
                        (req.classifier, "a train-cls run directory or checkpoint")):
         if path is not None and not path.exists():
             raise InputError(path, f"no such file or folder (expected {what})")
+    check_writable(req.output)
     engine_config = replace(req.engine, precision=precision)
     if fmt == "engine":
         require_cuda()

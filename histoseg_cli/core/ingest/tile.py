@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from histoseg_cli.core.atomic import check_writable
 from histoseg_cli.core.data.datasets import find_layout, find_splits, looked_for
 from histoseg_cli.core.data.layouts import get_dataset
 from histoseg_cli.core.errors import InputError, UsageError
@@ -93,6 +94,7 @@ def run_tile(req: TileRequest, reporter: Reporter = SILENT) -> TileOutcome:
                      "--overwrite": req.overwrite}
     patch_options = {"--classes": req.classes, "--min-fraction": req.min_fraction,
                      "--keep-empty": req.keep_empty}
+    check_writable(req.output, folder=req.output.suffix.lower() not in ARTIFACT_SUFFIXES)
     if req.mode == "slides" and req.input.is_dir():
         req = _folder_mode(req, slide_options)
     if req.mode == "slides":

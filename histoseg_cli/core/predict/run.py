@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from histoseg_cli.core.atomic import write_csv_atomic
+from histoseg_cli.core.atomic import check_writable, write_csv_atomic
 from histoseg_cli.core.distributed import DistContext
 from histoseg_cli.core.errors import HistosegError, InputError, UsageError
 from histoseg_cli.core.failures import FailureLog
@@ -129,10 +129,32 @@ def slide_config(req: PredictRequest, predictor: Predictor) -> SlideConfig:
                    stride=req.stride or req.slides.stride)
 
 
+#: What -o may name for each input kind: file suffixes, or a folder (no known suffix).
+OUTPUT_SUFFIXES = {"artifact": ARTIFACT_SUFFIXES, "image": (".png",), "images": (),
+                   "slide": ARTIFACT_SUFFIXES, "slides": ()}
+#: Suffixes that name files, never folders.
+FILE_SUFFIXES = (*ARTIFACT_SUFFIXES, ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".csv",
+                 ".json", ".onnx", ".engine", ".pt", ".geojson")
+
+
+def check_output(req: PredictRequest, mode: str) -> None:
+    """-o fits the input: a file of the input kind's suffix, or a folder."""
+    suffix = req.output.suffix.lower()
+    allowed = OUTPUT_SUFFIXES[mode]
+    if suffix in FILE_SUFFIXES and suffix not in allowed:
+        kinds = {"artifact": "a patches artifact", "image": "an image", "images": "a folder "
+                 "of images", "slide": "a slide", "slides": "a folder of slides"}
+        fits = " or ".join([*allowed, "a folder"])
+        raise UsageError(f"{req.output}: {req.input} is {kinds[mode]}, so -o is {fits}, not "
+                         f"a {suffix} file", option="--output")
+    check_writable(req.output, folder=suffix not in allowed)
+
+
 def run_predict(req: PredictRequest, device: str = "auto", reporter: Reporter = SILENT
                 ) -> PredictOutcome:
     """Check the input, load the networks, predict, and say what was written."""
     mode = input_mode(req.input)
+    check_output(req, mode)
     for path, what in ((req.segmenter, "a train-seg run directory or checkpoint"),
                        (req.classifier, "a train-cls run directory or checkpoint")):
         if path is not None and not path.exists():
@@ -140,6 +162,10 @@ def run_predict(req: PredictRequest, device: str = "auto", reporter: Reporter = 
     ctx = DistContext.from_env(device)
     try:
         predictor = Predictor.load(req.segmenter, req.classifier, ctx.device, req.config)
+        if req.stride is not None and req.stride > predictor.patch_size:
+            raise UsageError(f"{req.stride} is larger than the segmenter's {predictor.patch_size}"
+                             " px window and would leave unpredicted gaps; use at most "
+                             f"{predictor.patch_size}", option="--stride")
         if mode == "artifact":  # one file: rank 0 writes it, other ranks have nothing to do
             out = req.output
             if out.suffix.lower() not in ARTIFACT_SUFFIXES:

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import PolynomialLR
 from torch.utils.data import DataLoader, DistributedSampler
 
-from histoseg_cli.core.atomic import NewPaths
+from histoseg_cli.core.atomic import NewPaths, check_writable
 from histoseg_cli.core.data.format import InputLink
 from histoseg_cli.core.data.inputs import DataSources
 from histoseg_cli.core.data.reader import Artifact
@@ -143,6 +143,7 @@ class _Loop:
         """Check the run directory, resolve and validate the data; rank 0 only."""
         task, run = self.task, self.run_dir
         cfg = task.config
+        check_writable(run.root, folder=True)
         if cfg.resume and not run.has_run() and run.config.is_file():
             log.info("%s: the run stopped before its first epoch ended; starting it again",
                      run.root)
