@@ -77,9 +77,21 @@ def save_palette_png(path: Path, mask: np.ndarray, palette: np.ndarray,
 
 
 def save_label_png(path: Path, labels: np.ndarray, palette: np.ndarray,
-                   class_names: list[str]) -> Path:
-    """Labels (background = C) as a palette PNG that names its classes, atomically."""
-    return save_palette_png(path, labels, palette, {CLASSES_KEY: json.dumps(list(class_names))})
+                   class_names: list[str], text: dict[str, str] | None = None) -> Path:
+    """Labels (background = C) as a palette PNG that names its classes (and any other
+    ``text``), atomically."""
+    return save_palette_png(path, labels, palette,
+                            {CLASSES_KEY: json.dumps(list(class_names)), **(text or {})})
+
+
+def read_png_text(path: Path, key: str) -> str | None:
+    """A text chunk of a PNG, or None (no such chunk, not a PNG)."""
+    try:
+        with Image.open(path) as im:
+            value = im.info.get(key)
+    except (UnidentifiedImageError, OSError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def read_label_classes(path: Path) -> list[str] | None:

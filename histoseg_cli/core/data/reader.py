@@ -162,3 +162,14 @@ class Artifact:
         if name not in self.datasets:
             raise self._fail(f"has no '{name}' dataset")
         return self.file[name]
+
+
+def recorded_provenance(path: Path) -> dict[str, Any] | None:
+    """What made the artifact at ``path`` (the ``provenance`` its metadata records), or None
+    when it records none or cannot be read."""
+    try:
+        with Artifact(path) as art:
+            value = art.meta.extra.get("provenance")
+    except (InputError, OSError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -12,14 +12,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from histoseg_cli.core.atomic import write_csv_atomic
-from histoseg_cli.core.imageio import read_rgb, save_label_png
+from histoseg_cli.core.imageio import read_png_text, read_rgb, save_label_png
 from histoseg_cli.core.inference.stitch import ArraySink, BandStitcher, window_grid
 from histoseg_cli.core.predict.outputs import save_overlay
 from histoseg_cli.core.predict.predictor import Predictor
+from histoseg_cli.core.provenance import KEY, parse
 
 #: Folders inside the output folder: colour overlays, and the gate's probabilities per window.
 OVERLAYS = "overlays"
@@ -97,6 +99,10 @@ class ImageTargets:
     def complete(self) -> bool:
         return all(p.is_file() for p in self.files())
 
+    def recorded(self) -> dict[str, Any] | None:
+        """The provenance the label PNG records."""
+        return parse(read_png_text(self.labels, KEY))
+
 
 def predict_image_file(path: Path, targets: ImageTargets, predictor: Predictor, stride: int,
                        progress: Callable[[int], None] | None = None) -> dict[str, object]:
@@ -112,7 +118,9 @@ def predict_image_file(path: Path, targets: ImageTargets, predictor: Predictor, 
             {"x": int(x), "y": int(y), **{n: round(float(p), 6) for n, p in
                                           zip(predictor.class_names, probs)}}
             for (x, y), probs in zip(result.origins, result.gate)))
-    save_label_png(targets.labels, result.labels, predictor.palette, predictor.class_names)
+    made = {} if predictor.provenance is None else {KEY: predictor.provenance.to_json()}
+    save_label_png(targets.labels, result.labels, predictor.palette, predictor.class_names,
+                   made)
     pixels = {name: int(counts[i]) for i, name in enumerate(predictor.class_names)}
     seconds = time.perf_counter() - start
     return {"input": str(path), "output": str(targets.labels),

@@ -19,11 +19,13 @@ import torch
 
 from histoseg_cli.core.errors import UsageError
 from histoseg_cli.core.inference.card import ModelCard
-from histoseg_cli.core.inference.engine import PRECISIONS, InferenceEngine
+from histoseg_cli.core.inference.engine import PRECISIONS, InferenceEngine, autocast_dtype
 from histoseg_cli.core.inference.gate import GateConfig
 from histoseg_cli.core.inference.loading import load_gated
 from histoseg_cli.core.inference.onnx_runtime import OnnxEngine
 from histoseg_cli.core.inference.tensorrt_runtime import TensorRTEngine
+from histoseg_cli.core.models.checkpoint import resolve_checkpoint
+from histoseg_cli.core.provenance import KEY, Provenance, file_sha256
 
 log = logging.getLogger("histoseg")
 #: Suffixes of exported models (``histoseg export``) that predict runs directly.
@@ -93,6 +95,7 @@ class Predictor:
         self.engine = engine
         self.card = card or engine.card
         self.config = config
+        self.provenance: Provenance | None = None  # what outputs record of how they were made
 
     @classmethod
     def load(cls, segmenter: Path, classifier: Path | None, device: torch.device,
@@ -156,7 +159,21 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         """What produced a prediction (stored with it)."""
-        return {**self.card.describe(), "device": str(self.engine.device)}
+        made = {} if self.provenance is None else {KEY: self.provenance.as_dict()}
+        return {**self.card.describe(), "device": str(self.engine.device), **made}
+
+    def provenance_for(self, segmenter: Path, classifier: Path | None,
+                       settings: dict[str, Any]) -> Provenance:
+        """The models' content hashes and the settings that change this run's outputs."""
+        dtype = autocast_dtype(self.config.precision, self.engine.device) \
+            if isinstance(self.engine, InferenceEngine) else None
+        models = {"segmenter": file_sha256(segmenter if segmenter.suffix.lower() in EXPORTED
+                                           else resolve_checkpoint(segmenter)),
+                  "classifier": None if classifier is None
+                  else file_sha256(resolve_checkpoint(classifier))}
+        gate = {"gate": self.gate_source, "gate_threshold": self.card.gate_threshold}
+        return Provenance("predict", models, {**gate, "precision": "bf16" if dtype else "fp32",
+                                              **settings})
 
 
 def open_exported(path: Path, classifier: Path | None, device: torch.device,

@@ -31,6 +31,8 @@ from histoseg_cli.core.predict.patches import predict_artifact
 from histoseg_cli.core.predict.predictor import PredictConfig, Predictor
 from histoseg_cli.core.predict.slides import SlideTargets, predict_slide
 from histoseg_cli.core.progress import SILENT, Reporter
+from histoseg_cli.core.provenance import check_kept
+from histoseg_cli.core.data.reader import recorded_provenance
 from histoseg_cli.core.slides.batch import output_paths
 from histoseg_cli.core.parallel import ordered_futures
 from histoseg_cli.core.slides.extract import PreparedSlide, SlideConfig, prepare_slide
@@ -116,13 +118,26 @@ def plan_jobs(req: PredictRequest, mode: str) -> list[Job]:
             for s, (a, _) in zip(slides, output_paths(slides, req.input, out))]
 
 
-def slide_config(req: PredictRequest, predictor: Predictor) -> SlideConfig:
+def result_settings(req: PredictRequest, mode: str, predictor: Predictor) -> dict[str, Any]:
+    """The request's settings that change what ``mode`` writes (outputs record them)."""
+    if mode in ("image", "images"):
+        return {"stride": req.stride or max(1, predictor.patch_size // 2)}
+    if mode in ("slide", "slides"):
+        config = slide_config(req, predictor, quiet=True)
+        return {"stride": config.stride or config.patch_size,
+                "resolution": config.target.describe(), "source_mpp": config.source_mpp,
+                "min_tissue": config.min_tissue, "thumbnail_size": config.thumbnail_size}
+    return {}
+
+
+def slide_config(req: PredictRequest, predictor: Predictor, quiet: bool = False
+                 ) -> SlideConfig:
     """The request's slide options at the segmenter's patch size; the resolution defaults to
     the one the segmenter was trained at."""
     target = req.target
     if target is None:
         target = Target(mpp=predictor.mpp) if predictor.mpp else req.slides.target
-        if not predictor.mpp:
+        if not predictor.mpp and not quiet:
             log.warning("the segmenter records no resolution; predicting slides at %s "
                         "(set --mpp or --magnification)", target.describe())
     return replace(req.slides, target=target, patch_size=predictor.patch_size,
@@ -166,11 +181,20 @@ def run_predict(req: PredictRequest, device: str = "auto", reporter: Reporter = 
             raise UsageError(f"{req.stride} is larger than the segmenter's {predictor.patch_size}"
                              " px window and would leave unpredicted gaps; use at most "
                              f"{predictor.patch_size}", option="--stride")
+        predictor.provenance = predictor.provenance_for(
+            req.segmenter, req.classifier, result_settings(req, mode, predictor))
         if mode == "artifact":  # one file: rank 0 writes it, other ranks have nothing to do
             out = req.output
             if out.suffix.lower() not in ARTIFACT_SUFFIXES:
                 out = out / f"{req.input.stem}.h5"
-            result = predict_artifact(req.input, out, predictor, reporter) if ctx.is_main else {}
+            kept = out.is_file() and not req.overwrite
+            if kept:  # made the same way: kept as it is; otherwise refused
+                check_kept([(out, recorded_provenance(out))], predictor.provenance)
+                log.info("%s: complete, made by the same model and settings; kept "
+                         "(--overwrite redoes it)", out)
+            result = ({"input": str(req.input), "output": str(out), "status": "skipped"}
+                      if kept else predict_artifact(req.input, out, predictor, reporter)) \
+                if ctx.is_main else {}
             ctx.barrier()
             return PredictOutcome({"inputs": [result]}, [str(out)], main=ctx.is_main)
         return _run_jobs(req, mode, predictor, ctx, reporter)
@@ -193,6 +217,9 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
     config = slide_config(req, predictor) if slides else None
     stride = req.stride or max(1, predictor.patch_size // 2)
     failures = FailureLog(len(mine))
+    if not req.overwrite:  # complete outputs are kept only if made the same way
+        check_kept([(job.targets.output, job.targets.recorded()) for job in mine
+                    if job.targets.complete()], predictor.provenance)
     for job in mine:
         if not req.overwrite and job.targets.complete():
             job.status = "skipped"

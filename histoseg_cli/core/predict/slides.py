@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
 from histoseg_cli.core.data.format import ArtifactMeta
 from histoseg_cli.core.data.kinds import PREDICTIONS
+from histoseg_cli.core.data.reader import recorded_provenance
 from histoseg_cli.core.data.writer import ArtifactWriter, ItemSpec
 from histoseg_cli.core.inference.stitch import BandStitcher, CountSink, DownsampledSink, RowSink
 from histoseg_cli.core.parallel import lagged
@@ -70,6 +72,10 @@ class SlideTargets:
 
     def complete(self) -> bool:
         return all(p.is_file() for p in self.files())
+
+    def recorded(self) -> dict[str, Any] | None:
+        """The provenance the slide's artifact records."""
+        return recorded_provenance(self.artifact)
 
 
 class MapSink:

@@ -19,10 +19,11 @@ from pathlib import Path
 from rich.progress import Progress
 from rich.table import Table
 
-from histoseg_cli.core.data.reader import Artifact
+from histoseg_cli.core.data.reader import Artifact, recorded_provenance
 from histoseg_cli.core.atomic import write_csv_atomic
 from histoseg_cli.core.errors import HistosegError, InputError
 from histoseg_cli.core.failures import FailureLog
+from histoseg_cli.core.provenance import check_kept
 from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.parallel import ordered_futures
 from histoseg_cli.core.slides.extract import (SlideConfig, SlideResult, SlideTiling,
@@ -174,6 +175,9 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[int, SlideOutcome] = {}  # by slide index, so the manifest keeps slide order
     failures = FailureLog(len(slides))
+    if not overwrite:  # complete artifacts are kept only if tiled the same way
+        check_kept([(a, recorded_provenance(a)) for a, _ in targets if is_complete(a) is not None],
+                   config.provenance())
     todo = []
     for i, (slide, (artifact, preview)) in enumerate(zip(slides, targets)):
         existing = None if overwrite else is_complete(artifact)

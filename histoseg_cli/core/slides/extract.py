@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from functools import partial
 from pathlib import Path
@@ -20,6 +20,7 @@ from histoseg_cli.core.data.format import ArtifactMeta
 
 from histoseg_cli.core.data.writer import ENCODABLE, ArtifactWriter, encode_patches
 from histoseg_cli.core.errors import InputError, UsageError
+from histoseg_cli.core.provenance import Provenance
 from histoseg_cli.core.imageio import save_png
 from histoseg_cli.core.slides.preview import render_preview
 from histoseg_cli.core.slides.reader import SlideReader
@@ -48,6 +49,14 @@ class SlideConfig:
     #: HDF5 filter for patches: "gzip" (the artifact default; chunks are encoded where the
     #: strips are read, in the workers), None or "lzf" (compressed by the writer process).
     compression: str | None = "gzip"
+
+    def provenance(self) -> Provenance:
+        """The settings that change the patches a slide gives (not how they are stored)."""
+        return Provenance("tile", {}, {
+            "resolution": self.target.describe(), "source_mpp": self.source_mpp,
+            "patch_size": self.patch_size, "stride": self.stride or self.patch_size,
+            "min_tissue": self.min_tissue, "thumbnail_size": self.thumbnail_size,
+            "tissue": asdict(self.tissue)})
 
     def __post_init__(self) -> None:
         if self.patch_size < 8:
@@ -219,7 +228,8 @@ class SlideTiling:
                    "pixel_source": reader.pixel_source(res.level),
                    "downsample": res.downsample, "stride": grid.stride,
                    "min_tissue": config.min_tissue, "tissue_fraction": mask.fraction,
-                   "tissue_threshold": mask.threshold, "grid_tiles": self.grid_tiles},
+                   "tissue_threshold": mask.threshold, "grid_tiles": self.grid_tiles,
+                   "provenance": config.provenance().as_dict()},
         )
         self.strips = plan_strips(plan.tiles, grid, path=path, level=res.level,
                                   level_downsample=res.level_downsample, scale=res.scale,
