@@ -14,6 +14,7 @@ from conftest import make_tiny_classifier, write_patches
 from histoseg_cli.app import app
 from histoseg_cli.core.data.linked import open_linked
 from histoseg_cli.core.data.reader import Artifact
+from histoseg_cli.core.provenance import StaleOutputs
 from histoseg_cli.core.cams import run as cams_run
 from histoseg_cli.core.cams.model import CamModel
 from histoseg_cli.core.cams.run import CamsConfig, generate_pseudo_masks
@@ -122,16 +123,19 @@ def test_resume_after_interruption_matches_one_run(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         generate_pseudo_masks(cam_model(), data, out, config)
     monkeypatch.setattr(cams_run, "compute_batch", real)
-    other = generate_pseudo_masks(cam_model(), data, out, CamsConfig(batch_size=3, min_size=10,
-                                                                     save_cams=True, gallery=0))
+    changed = CamsConfig(batch_size=3, min_size=10, save_cams=True, gallery=0)
+    with pytest.raises(StaleOutputs, match="min_size"):  # the complete output is not replaced
+        generate_pseudo_masks(cam_model(), data, out, changed)
+    other = generate_pseudo_masks(cam_model(), data, out, replace(changed, overwrite=True))
     assert other.resumed_at == 0
     # so does another CAM method, which the artifact records
     monkeypatch.setattr(cams_run, "compute_batch", interrupted)
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt):
-        generate_pseudo_masks(cam_model(), data, out, config)
+        generate_pseudo_masks(cam_model(), data, out, replace(config, overwrite=True))
     monkeypatch.setattr(cams_run, "compute_batch", real)
-    grad = generate_pseudo_masks(cam_model(), data, out, replace(config, cam="gradcam"))
+    grad = generate_pseudo_masks(cam_model(), data, out, replace(config, cam="gradcam",
+                                                                 overwrite=True))
     assert grad.resumed_at == 0
     with Artifact(tmp_path / "whole.h5") as a, Artifact(out) as b:
         assert (a.meta.extra["cam"], b.meta.extra["cam"]) == ("layercam", "gradcam")

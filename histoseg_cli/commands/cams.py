@@ -55,6 +55,9 @@ def cams(
     vmap_classes: Annotated[bool, typer.Option(
         "--vmap-classes", help="One vmapped backward pass for all classes instead of one per "
         "class (same maps, more memory; can be faster on GPU).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an output that another classifier or other settings "
+        "made (default: refuse).", rich_help_panel=OUTPUTS)] = False,
     save_cams: Annotated[bool, typer.Option(
         "--save-cams", help="Also store the normalised CAMs (float16, 3 x C maps per patch).",
         rich_help_panel=OUTPUTS)] = False,
@@ -91,7 +94,7 @@ def cams(
     config = CamsConfig(batch_size=batch_size, background=background,
                         threshold=white_threshold, min_size=min_size, save_cams=save_cams,
                         png_dir=png_dir, gallery=gallery, seed=seed, vectorize=vmap_classes,
-                        tta=tta, cam=cam, precision=precision)
+                        tta=tta, cam=cam, precision=precision, overwrite=overwrite)
     if not classifier.exists():
         raise InputError(classifier, "no such file or folder (expected a train-cls run "
                          "directory or checkpoint)")

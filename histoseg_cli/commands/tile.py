@@ -48,8 +48,8 @@ def tile(
         "encoded in the reading workers), none or lzf \\[default: gzip].",
         rich_help_panel=SLIDES, show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Redo slides whose output is complete (default: skip them).",
-        rich_help_panel=SLIDES)] = False,
+        "--overwrite", help="Redo outputs that are complete (default: keep slides tiled the "
+        "same way; refuse outputs made with other settings).")] = False,
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="Patch-dataset layout: "
         + "; ".join(f"{name} ({spec.description})" for name, spec in DATASETS.items()) + ".",

@@ -36,6 +36,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``a.b`` keys, so a difference names the setting that differs."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 @dataclass(frozen=True)
 class Provenance:
     """The command, model hashes and result-changing settings behind one output."""
@@ -58,7 +69,7 @@ class Provenance:
             return ["it records nothing of what made it (an older histoseg)"]
         found = []
         for section in ("models", "settings"):
-            mine, theirs = self.as_dict()[section], recorded.get(section) or {}
+            mine, theirs = _flat(self.as_dict()[section]), _flat(recorded.get(section) or {})
             for key in sorted(set(mine) | set(theirs)):
                 if json.dumps(mine.get(key), default=str) != json.dumps(theirs.get(key),
                                                                         default=str):

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from histoseg_cli.core.atomic import check_writable
+from histoseg_cli.core.provenance import Provenance, check_kept
 from histoseg_cli.core.data.format import ArtifactMeta, InputLink
-from histoseg_cli.core.data.reader import Artifact
+from histoseg_cli.core.data.reader import Artifact, recorded_provenance
 from histoseg_cli.core.data.writer import ArtifactWriter, ItemSpec
 from histoseg_cli.core.cams.gallery import write_gallery
 from histoseg_cli.core.cams.gradcam import CAM_METHODS, gradcam
@@ -53,6 +54,7 @@ class CamsConfig:
     tta: str = "flips"  # a key of TTA_VIEWS: maps averaged over these views of each patch
     cam: str = "layercam"  # a key of CAM_METHODS: how gradients weight the activations
     precision: str = "auto"  # autocast inside the classifier: auto (bf16 on CUDA), fp32, bf16
+    overwrite: bool = False  # replace a complete output made by another model or settings
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -170,6 +172,12 @@ def _generate(model: CamModel, source: Artifact, output: Path, config: CamsConfi
     n, size, c = len(names), source.meta.patch_size, len(model.class_names)
     layers = list(model.layers)
     palette = source.meta.resolved_palette()
+    made = Provenance("cams", {"classifier": model.fingerprint()}, {
+        "input_names_sha256": InputLink.to(source).names_sha256, "layers": layers,
+        "background": background.as_dict(), "tta": config.tta, "cam": config.cam,
+        "precision": config.precision})
+    if output.is_file() and not config.overwrite:
+        check_kept([(output, recorded_provenance(output))], made)
     meta = ArtifactMeta(
         class_names=list(model.class_names), patch_size=size, palette=palette,
         mpp=source.meta.mpp, magnification=source.meta.magnification, source=str(source.path),
@@ -177,7 +185,7 @@ def _generate(model: CamModel, source: Artifact, output: Path, config: CamsConfi
         extra={"classifier": model.source, "classifier_sha256": model.fingerprint(),
                "layers": layers, "background": background.as_dict(), "tta": config.tta,
                "cam": config.cam,
-               "precision": config.precision},
+               "precision": config.precision, "provenance": made.as_dict()},
     )
     specs = {"pseudo_masks": ItemSpec((len(layers), size, size), "uint8")}
     if config.save_cams:

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -188,6 +189,7 @@ def tile_labelled_patches(
     *,
     workers: int = 4,
     reporter: Reporter = SILENT,
+    extra: dict[str, Any] | None = None,
 ) -> TileSummary:
     """Store a folder of patches whose file names carry multi-hot labels."""
     images = _check_images(folder)
@@ -196,7 +198,8 @@ def tile_labelled_patches(
     size = _read_patch(images[0], None).shape[0]
     meta = ArtifactMeta(class_names=list(spec.class_names), patch_size=size,
                         palette=spec.palette_array(), source=str(folder), created_by="tile",
-                        extra={"dataset": spec.name, "background": spec.background})
+                        extra={"dataset": spec.name, "background": spec.background,
+                               **(extra or {})})
     batch = 64
     with ArtifactWriter(output, meta, labels=True) as writer, \
             ThreadPoolExecutor(max(1, workers)) as pool:
@@ -215,11 +218,12 @@ def tile_labelled_patches(
 
 
 def tile_split(split: Split, output: Path, spec: DatasetSpec, config: TileConfig,
-               reporter: Reporter = SILENT) -> TileSummary:
-    """Import one split of a registered dataset layout."""
+               reporter: Reporter = SILENT, extra: dict[str, Any] | None = None
+               ) -> TileSummary:
+    """Import one split of a registered dataset layout (``extra``: more metadata to record)."""
     if split.is_labelled:
         return tile_labelled_patches(split.images, output, spec, workers=config.workers,
-                                     reporter=reporter)
+                                     reporter=reporter, extra=extra)
     assert split.masks is not None
     if config.patch_size is None:  # pixel-labelled patches of the dataset: keep them whole
         side = read_rgb(_check_images(split.images)[0]).shape[0]
@@ -227,4 +231,5 @@ def tile_split(split: Split, output: Path, spec: DatasetSpec, config: TileConfig
     return tile_masked_images(split.images, split.masks, output, spec.class_names, config,
                               palette=spec.palette_array(), reporter=reporter,
                               source=str(split.images.parent),
-                              extra={"dataset": spec.name, "background": spec.background})
+                              extra={"dataset": spec.name, "background": spec.background,
+                                     **(extra or {})})

@@ -24,6 +24,8 @@ from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.ingest.patches import TileConfig, tile_masked_images, tile_split
 from histoseg_cli.core.ingest.sources import ARTIFACT_SUFFIXES
 from histoseg_cli.core.progress import SILENT, Reporter
+from histoseg_cli.core.provenance import Provenance, check_kept
+from histoseg_cli.core.data.reader import recorded_provenance
 
 log = logging.getLogger("histoseg")
 
@@ -90,8 +92,7 @@ def run_tile(req: TileRequest, reporter: Reporter = SILENT) -> TileOutcome:
         raise InputError(req.input, expected[req.mode])
     slide_options = {"--mpp": req.mpp, "--magnification": req.magnification,
                      "--source-mpp": req.source_mpp, "--min-tissue": req.min_tissue,
-                     "--thumbnail-size": req.thumbnail_size, "--compression": req.compression,
-                     "--overwrite": req.overwrite}
+                     "--thumbnail-size": req.thumbnail_size, "--compression": req.compression}
     patch_options = {"--classes": req.classes, "--min-fraction": req.min_fraction,
                      "--keep-empty": req.keep_empty}
     check_writable(req.output, folder=req.output.suffix.lower() not in ARTIFACT_SUFFIXES)
@@ -113,14 +114,13 @@ def _folder_mode(req: TileRequest, slide_options: dict[str, object]) -> TileRequ
     """A folder without ``--dataset``/``--masks``: the patch dataset whose layout fits its
     names (unless slide options say it holds slides), else slides, but not plain images
     alone without a resolution for them."""
-    asks_slides = any(v not in (None, False) for k, v in slide_options.items()
-                      if k != "--overwrite")
+    asks_slides = any(v not in (None, False) for v in slide_options.values())
     if not asks_slides:
         spec = find_layout(req.input)
         if spec is not None:
             log.info("%s: detected the %s layout (labels like %s); tiling it as that dataset "
                      "(--dataset %s)", req.input, spec.name, spec.label_example, spec.name)
-            return replace(req, dataset=spec.name, overwrite=False)
+            return replace(req, dataset=spec.name)
     if req.source_mpp is None:
         from histoseg_cli.core.slides.batch import find_slides  # openslide: only for slides
 
@@ -165,6 +165,21 @@ def _slides(req: TileRequest, reporter: Reporter) -> TileOutcome:
                        summary.error)
 
 
+def _provenance(req: TileRequest, config: TileConfig, images: Path) -> Provenance:
+    """What changes the artifact cut from ``images``: the input and the cutting options."""
+    return Provenance("tile", {}, {
+        "input": str(images.resolve()), "dataset": req.dataset,
+        "masks": str(req.masks.resolve()) if req.masks else None, "classes": req.classes,
+        "patch_size": config.patch_size, "stride": config.stride,
+        "min_fraction": config.min_fraction, "keep_empty": config.keep_empty})
+
+
+def _keep_only_same(req: TileRequest, target: Path, made: Provenance) -> None:
+    """An artifact at ``target`` is replaced only if made the same way, or with --overwrite."""
+    if target.is_file() and not req.overwrite:
+        check_kept([(target, recorded_provenance(target))], made)
+
+
 def _masks(req: TileRequest, config: TileConfig, reporter: Reporter) -> TileOutcome:
     assert req.masks is not None
     if not req.classes:
@@ -173,8 +188,11 @@ def _masks(req: TileRequest, config: TileConfig, reporter: Reporter) -> TileOutc
     if len(names) < 1 or len(set(names)) != len(names):
         raise UsageError("expected distinct comma-separated names", f"--classes '{req.classes}'")
     palette = get_dataset(req.dataset).palette_array() if req.dataset else None
+    made = _provenance(req, config, req.input)
+    _keep_only_same(req, req.output, made)
     summary = tile_masked_images(req.input, req.masks, req.output, names, config,
-                                 palette=palette, reporter=reporter)
+                                 palette=palette, reporter=reporter,
+                                 extra={"provenance": made.as_dict()})
     return TileOutcome(summary.as_dict(), [str(summary.output)])
 
 
@@ -189,12 +207,16 @@ def _dataset(req: TileRequest, config: TileConfig, reporter: Reporter) -> TileOu
                 "as they are); tile the val/test folders on their own to cut them")
     output = req.output
     if len(splits) == 1:
-        target = output / f"{splits[0].name}.h5" if output.is_dir() else output
-        summaries = [tile_split(splits[0], target, spec, config, reporter)]
+        targets = [output / f"{splits[0].name}.h5" if output.is_dir() else output]
     else:
         if output.suffix.lower() in ARTIFACT_SUFFIXES:
             raise UsageError(f"{req.input} holds {len(splits)} splits; pass a folder as -o")
-        summaries = [tile_split(s, output / f"{s.name}.h5", spec, config, reporter)
-                     for s in splits]
+        targets = [output / f"{s.name}.h5" for s in splits]
+    made = [_provenance(req, config, s.images) for s in splits]
+    for target, provenance in zip(targets, made):  # all checked before any is written
+        _keep_only_same(req, target, provenance)
+    summaries = [tile_split(s, target, spec, config, reporter,
+                            extra={"provenance": provenance.as_dict()})
+                 for s, target, provenance in zip(splits, targets, made)]
     return TileOutcome({"outputs": [s.as_dict() for s in summaries]},
                        [str(s.output) for s in summaries])
