@@ -48,3 +48,24 @@ def lagged(items: Iterable[T]) -> Iterator[tuple[T | None, T | None]]:
         previous = item
     if previous is not None:
         yield None, previous
+
+
+def die_with_parent(parent: int) -> None:
+    """Initializer of worker processes: end when ``parent`` (the command) ends, even by
+    ``kill -9``, instead of lingering with their pool (and, through them, the
+    multiprocessing resource tracker, which ends when its last user does).
+
+    A daemon thread checks every second whether the worker was re-parented. (The kernel's
+    ``PR_SET_PDEATHSIG`` is not used: it fires when the *thread* that started the worker
+    ends, which in a pool need not be the command's main thread.)
+    """
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from histoseg_cli.core.parallel import ordered_map
+from histoseg_cli.core.parallel import die_with_parent, ordered_map
 from histoseg_cli.core.slides.reader import SlideReader
 
 #: Level pixels read at once for one strip (about 4 bytes each while decoding).
@@ -203,8 +204,9 @@ class StripReader:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers,
-                                             mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=die_with_parent, initargs=(os.getpid(),))
         return self._pool
 
     def iter_read(self, strips: Sequence[Strip], reader: SlideReader,
