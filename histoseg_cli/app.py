@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from histoseg_cli import __version__
+from histoseg_cli.cli import OneLineUsageErrors
 
 #: Command modules, in the order of the pipeline; each registers itself on ``app``.
 COMMAND_MODULES = (
@@ -23,6 +24,7 @@ COMMAND_MODULES = (
 
 app = typer.Typer(
     name="histoseg",
+    cls=OneLineUsageErrors,
     help="Tissue semantic segmentation for histopathology from patch-level labels "
     "(multi-layer pseudo-supervision, Han et al. 2022).",
     no_args_is_help=True,

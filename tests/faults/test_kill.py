@@ -1,0 +1,196 @@
+"""kill -9 at several moments (start-up, the middle, near the final write) of every command
+that writes, then rerun: no partial output is ever accepted, the rerun completes, and the
+result equals an uninterrupted run bit for bit (CPU).
+
+Each test runs the command once uninterrupted as the reference (its duration T sets the kill
+moments), then a chain on a second output: killed 1 s in, rerun and killed at 0.5 T, rerun
+and killed at 0.9 T, rerun to the end. After every kill the output, if it exists, must be
+complete and equal the reference's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harness import (KILL_AT, alive, build_pipeline, kill_after, metrics_rows, run,
+                     same_arrays, timed)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    pytest.importorskip("tifffile")
+    return build_pipeline(tmp_path_factory.mktemp("faults"))
+
+
+def chain(args: Callable[[], list[object]], cwd: Path, duration: float,
+          check: Callable[[], None]) -> list[list[int]]:
+    """Kill ``histoseg *args()`` at each moment of :data:`KILL_AT`, checking the outputs after
+    each kill, then run it to the end; the child processes each kill left behind."""
+    orphans = []
+    for i, moment in enumerate(KILL_AT):
+        orphans.append(kill_after(moment if i == 0 else moment * duration, *args(), cwd=cwd))
+        check()
+    done = run(*args(), cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    check()
+    return orphans
+
+
+def _h5(path: Path, dataset: str) -> np.ndarray:
+    with h5py.File(path) as f:
+        return f[dataset][:]
+
+
+# ------------------------------------------------------------------------- training
+@pytest.mark.parametrize("stage", ["train-cls", "train-seg"])
+def test_training_killed_resumes_exactly(pipe: dict[str, Path], tmp_path: Path, stage: str):
+    art = pipe["art"]
+    common = ["--val", art / "val.h5", "--epochs", 3, "-b", 10, "-j", 2, "-q"]
+    if stage == "train-cls":
+        head = ["train-cls", art / "train.h5", "--backbone", "resnet18", "--pda-warmup", 1]
+    else:
+        head = ["train-seg", art / "train.h5", pipe["pm"], "--encoder", "resnet18"]
+    duration = timed(*head, *common, "-o", tmp_path / "straight", cwd=tmp_path)
+    killed = tmp_path / "killed"
+
+    def args() -> list[object]:  # resume what was started, else start
+        again = ["--resume"] if (killed / "config.json").is_file() else []
+        return [*head, *common, "-o", killed, *again]
+
+    def check() -> None:
+        if (killed / "checkpoint.pt").is_file():  # never a torn checkpoint
+            saved = torch.load(killed / "checkpoint.pt", weights_only=True)
+            assert saved["info"]["epoch"] >= 1
+
+    chain(args, tmp_path, duration, check)
+    assert metrics_rows(killed) == metrics_rows(tmp_path / "straight")
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(killed / "checkpoint.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------- cams
+def test_cams_killed_reruns_to_the_same_masks(pipe: dict[str, Path], tmp_path: Path):
+    args = ["cams", pipe["cls"], pipe["art"] / "train.h5", "--tta", "d4", "-q", "--gallery", 0]
+    duration = timed(*args, "-o", tmp_path / "ref.h5", cwd=tmp_path)
+    reference = _h5(tmp_path / "ref.h5", "pseudo_masks")
+    out = tmp_path / "out.h5"
+
+    def check() -> None:
+        if out.exists():
+            assert same_arrays(_h5(out, "pseudo_masks"), reference)
+
+    chain(lambda: [*args, "-o", out], tmp_path, duration, check)
+    assert out.exists()
+
+
+# ------------------------------------------------------------------------- predict
+def test_predict_artifact_killed(pipe: dict[str, Path], tmp_path: Path):
+    args = ["predict", pipe["seg"], pipe["art"] / "test.h5", "--classifier", pipe["cls"], "-q"]
+    duration = timed(*args, "-o", tmp_path / "ref.h5", cwd=tmp_path)
+    reference = _h5(tmp_path / "ref.h5", "predictions")
+    out = tmp_path / "out.h5"
+
+    def check() -> None:
+        if out.exists():
+            assert same_arrays(_h5(out, "predictions"), reference)
+
+    chain(lambda: [*args, "-o", out], tmp_path, duration, check)
+    assert out.exists()
+
+
+def test_predict_image_folder_killed(pipe: dict[str, Path], tmp_path: Path):
+    args = ["predict", pipe["seg"], pipe["data"] / "test" / "img", "--classifier", pipe["cls"],
+            "--stride", 8, "-q"]
+    duration = timed(*args, "-o", tmp_path / "ref", cwd=tmp_path)
+    names = sorted(p.name for p in (tmp_path / "ref").glob("*.png"))
+    assert len(names) == 6
+    out = tmp_path / "out"
+
+    def check() -> None:
+        for name in names:
+            if (out / name).exists():
+                a = np.asarray(Image.open(tmp_path / "ref" / name))
+                assert same_arrays(np.asarray(Image.open(out / name)), a), name
+
+    chain(lambda: [*args, "-o", out], tmp_path, duration, check)
+    assert sorted(p.name for p in out.glob("*.png")) == names
+
+
+def test_predict_slide_folder_killed_and_its_workers_end(pipe: dict[str, Path],
+                                                         tmp_path: Path):
+    args = ["predict", pipe["seg"], pipe["slides"], "--classifier", pipe["cls"], "--mpp", 1.0,
+            "--stride", 16, "--workers", 2, "-q"]
+    duration = timed(*args, "-o", tmp_path / "ref", cwd=tmp_path)
+    out = tmp_path / "out"
+
+    def check() -> None:
+        for slide in ("a", "b"):
+            if (out / f"{slide}.h5").exists():
+                ref = _h5(tmp_path / "ref" / f"{slide}.h5", "slide/labels")
+                assert same_arrays(_h5(out / f"{slide}.h5", "slide/labels"), ref)
+
+    orphans = chain(lambda: [*args, "-o", out], tmp_path, duration, check)
+    _assert_end(orphans)
+    assert (out / "a.h5").exists() and (out / "b.h5").exists()
+
+
+# ------------------------------------------------------------------------- tile
+def test_tile_slide_folder_killed_and_its_workers_end(pipe: dict[str, Path], tmp_path: Path):
+    args = ["tile", pipe["slides"], "--mpp", 1.0, "--patch-size", 32, "--min-tissue", 0,
+            "--workers", 2, "-q"]
+    duration = timed(*args, "-o", tmp_path / "ref", cwd=tmp_path)
+    out = tmp_path / "out"
+
+    def check() -> None:
+        for slide in ("a", "b"):
+            if (out / f"{slide}.h5").exists():
+                for name in ("patches", "coords"):
+                    ref = _h5(tmp_path / "ref" / f"{slide}.h5", name)
+                    assert same_arrays(_h5(out / f"{slide}.h5", name), ref), (slide, name)
+
+    orphans = chain(lambda: [*args, "-o", out], tmp_path, duration, check)
+    _assert_end(orphans)
+    assert (out / "a.h5").exists() and (out / "b.h5").exists()
+
+
+def _assert_end(orphans: list[list[int]], within: float = 5.0) -> None:
+    """Every process a killed command had started ends within ``within`` seconds."""
+    pids = [pid for kill in orphans for pid in kill]
+    deadline = time.monotonic() + within
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in pids if alive(pid)]
+
+
+# ------------------------------------------------------------------------- export
+def test_export_killed(pipe: dict[str, Path], tmp_path: Path):
+    ort = pytest.importorskip("onnxruntime")
+    args = ["export", pipe["seg"], "--classifier", pipe["cls"], "--samples", 4, "-q"]
+    duration = timed(*args, "-o", tmp_path / "ref.onnx", cwd=tmp_path)
+    out = tmp_path / "out.onnx"
+    patches = _h5(pipe["art"] / "test.h5", "patches")[:4]
+
+    def labels(path: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: patches}
+        return session.run(None, feed)[0]
+
+    reference = labels(tmp_path / "ref.onnx")
+
+    def check() -> None:
+        if out.exists():  # a file that is there is a whole, verified model
+            assert same_arrays(labels(out), reference)
+
+    chain(lambda: [*args, "-o", out], tmp_path, duration, check)
+    assert out.exists()
