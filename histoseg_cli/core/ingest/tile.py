@@ -210,7 +210,8 @@ def _dataset(req: TileRequest, config: TileConfig, reporter: Reporter) -> TileOu
         targets = [output / f"{splits[0].name}.h5" if output.is_dir() else output]
     else:
         if output.suffix.lower() in ARTIFACT_SUFFIXES:
-            raise UsageError(f"{req.input} holds {len(splits)} splits; pass a folder as -o")
+            raise UsageError(f"{output}: {req.input} holds {len(splits)} splits "
+                             f"({', '.join(s.name for s in splits)}); pass a folder as -o")
         targets = [output / f"{s.name}.h5" for s in splits]
     made = [_provenance(req, config, s.images) for s in splits]
     for target, provenance in zip(targets, made):  # all checked before any is written

@@ -106,6 +106,7 @@ class ClassifierConfig(TrainConfig):
                 (0 <= self.dropout < 1, "--dropout", "must be in [0, 1)"),
                 (0 <= self.color_jitter < 1, "--color-jitter", "must be in [0, 1)"),
                 (self.backbone in BACKBONES, "--backbone",
-                 f"choose one of {', '.join(sorted(BACKBONES))}"),
+                 f"unknown backbone '{self.backbone}'; choose one of "
+                 f"{', '.join(sorted(BACKBONES))}"),
                 (not self.backbone_kwargs.get("width") or self.backbone == "resnet38d",
                  "--width", "applies to --backbone resnet38d only")]
