@@ -125,6 +125,27 @@ CASES = {
         ("out-under-file", "eval {art}/test.h5 {art}/test.h5 -o {afile}/m.json", 1, "afile"),
         ("out-is-folder", "eval {art}/test.h5 {art}/test.h5 -o {empty}", 1, "empty"),
     ],
+    "clashes": [  # a complete output made by another model or other settings is in the way
+        ("predict-other-gate", "predict {seg} {art}/test.h5 -o {made}/p.h5 --no-gate", 1,
+         "p.h5"),
+        ("predict-other-model", "predict {seg2} {art}/test.h5 -o {made}/p.h5 --classifier "
+         "{cls}", 1, "p.h5"),
+        ("predict-images-other-stride", "predict {seg} {data}/test/img -o {made}/imgs "
+         "--classifier {cls} --stride 8", 1, "imgs"),
+        ("predict-slides-other-resolution", "predict {seg} {slides} -o {made}/pslides "
+         "--classifier {cls} --mpp 2", 1, "pslides"),
+        ("tile-slides-other-tissue", "tile {slides} -o {made}/tiles --mpp 1 --patch-size 32 "
+         "--min-tissue 0.5", 1, "tiles"),
+        ("tile-dataset-other-patch", "tile {data}/test --dataset luad -o {made}/test.h5 "
+         "--patch-size 16", 1, "test.h5"),
+        ("cams-other-tta", "cams {cls} {art}/train.h5 -o {made}/pm.h5 --tta flips", 1,
+         "pm.h5"),
+        ("cams-other-classifier", "cams {cls2} {art}/train.h5 -o {made}/pm.h5 --tta none", 1,
+         "pm.h5"),
+        ("eval-onto-folder", "eval {art}/test.h5 {art}/test.h5 -o {made}", 1, "made"),
+        ("train-seg-into-file", "train-seg {art}/train.h5 {pm} -o {made}/p.h5 {seg_opts}", 1,
+         "p.h5"),
+    ],
     "export": [
         ("missing-segmenter", "export {tmp}/nope -o {tmp}/m.onnx", 1, "nope"),
         ("suffix", "export {seg} -o {tmp}/m.bin", 2, "m.bin"),
@@ -158,15 +179,39 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (bad / "notes.txt").write_text("not data\n")
     (bad / "afile").write_text("a file where a folder would go\n")
     write_patches(bad / "other.h5", n=12, size=32)  # classes c0..c3, not the demo's
+    made = _made(pipe, root / "made")
     return {
         **{k: str(v) for k, v in pipe.items()},
         "empty": str(bad / "empty"), "plain": str(bad / "plain"),
         "trunc_h5": str(bad / "trunc.h5"), "trunc_pt": str(bad / "trunc.pt"),
         "foreign": str(bad / "foreign.h5"), "notes": str(bad / "notes.txt"),
-        "afile": str(bad / "afile"), "other": str(bad / "other.h5"),
+        "afile": str(bad / "afile"), "other": str(bad / "other.h5"), **made,
         "cls_opts": "--backbone resnet18 --epochs 1 -b 10 -j 0",
         "seg_opts": "--encoder resnet18 --epochs 1 -b 10 -j 0",
     }
+
+
+def _made(pipe: dict[str, Path], made: Path) -> dict[str, str]:
+    """Complete outputs of each command, and a second segmenter and classifier (other
+    weights), for the clashes."""
+    def invoke(*args: object) -> None:
+        result = CliRunner().invoke(app, [str(a) for a in args] + ["-q"])
+        assert result.exit_code == 0, result.output
+
+    art, seg, cls = pipe["art"], pipe["seg"], pipe["cls"]
+    invoke("predict", seg, art / "test.h5", "-o", made / "p.h5", "--classifier", cls)
+    invoke("predict", seg, pipe["data"] / "test" / "img", "-o", made / "imgs", "--classifier",
+           cls)
+    invoke("predict", seg, pipe["slides"], "-o", made / "pslides", "--classifier", cls,
+           "--mpp", 1)
+    invoke("tile", pipe["slides"], "-o", made / "tiles", "--mpp", 1, "--patch-size", 32)
+    invoke("tile", pipe["data"] / "test", "--dataset", "luad", "-o", made / "test.h5")
+    invoke("cams", cls, art / "train.h5", "-o", made / "pm.h5", "--tta", "none")
+    invoke("train-cls", art / "train.h5", "-o", made / "cls2", "--backbone", "resnet18",
+           "--epochs", 1, "-b", 10, "-j", 0, "--seed", 1)
+    invoke("train-seg", art / "train.h5", pipe["pm"], "-o", made / "seg2", "--encoder",
+           "resnet18", "--epochs", 1, "-b", 10, "-j", 0, "--seed", 1)
+    return {"made": str(made), "seg2": str(made / "seg2"), "cls2": str(made / "cls2")}
 
 
 def _tree(root: Path) -> dict[str, int]:
@@ -194,5 +239,6 @@ def test_bad_input(paths: dict[str, str], tmp_path: Path, command: str, case: st
 
 def test_every_command_has_ten_cases():
     assert all(len(cases) >= 10 for cases in CASES.values())
+    assert sum(len(cases) for cases in CASES.values()) >= 80
     assert set(CASES) >= {"tile", "train-cls", "cams", "train-seg", "predict", "eval",
                           "export"}

@@ -194,3 +194,23 @@ def test_export_killed(pipe: dict[str, Path], tmp_path: Path):
 
     chain(lambda: [*args, "-o", out], tmp_path, duration, check)
     assert out.exists()
+
+
+def test_export_finds_the_training_data_from_any_directory(pipe: dict[str, Path],
+                                                           tmp_path: Path):
+    """A segmenter trained from a dataset folder given as a relative path: export, run from
+    elsewhere, verifies on the artifact that run read (recorded absolute, with its hash)."""
+    pytest.importorskip("onnxruntime")
+    root = pipe["root"]
+    trained = run("train-seg", "D", "pm.h5", "-o", tmp_path / "seg", "--encoder", "resnet18",
+                  "--epochs", 1, "-b", 10, "-j", 0, "-q", cwd=root)
+    assert trained.returncode == 0, trained.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = run("export", tmp_path / "seg", "--classifier", pipe["cls"], "-o", "m.onnx",
+               "--samples", 4, "-q", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert (elsewhere / "m.onnx").is_file()
+    recorded = torch.load(tmp_path / "seg" / "checkpoint.pt", weights_only=True)["info"]["data"]
+    assert Path(recorded["train"]["path"]).is_absolute()
+    assert recorded["train"]["path"] == str((tmp_path / "seg" / "data" / "train.h5").resolve())
