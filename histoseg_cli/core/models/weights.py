@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from histoseg_cli.core.errors import InputError
+from histoseg_cli.core.models.checkpoint import resolve_checkpoint
 
 log = logging.getLogger("histoseg")
 
@@ -57,6 +58,8 @@ def read_weights(path: str | Path, mxnet: Callable[[Path], State] | None = None)
     """The tensors of a weights file of any accepted kind (see the module doc); ``mxnet``
     reads ``.params`` files for the architectures that have them."""
     path = Path(path)
+    if path.is_dir():  # a training run directory: its checkpoint
+        path = resolve_checkpoint(path)
     if not path.is_file():
         raise InputError(path, "no such file (expected a state dict, a histoseg checkpoint, "
                          "a .safetensors file or an MXNet .params file, or the word "

@@ -58,9 +58,9 @@ class TrainTask(ABC):
         """Check the option paths that need no data (rank 0, before any data is imported):
         a ``pretrained`` weights file exists. Tasks add their own."""
         pretrained = self.config.pretrained
-        if pretrained is not None and pretrained != "imagenet" and not Path(pretrained).is_file():
-            raise InputError(pretrained, "no such file (expected a weights file, or "
-                             "'imagenet')")
+        if pretrained is not None and pretrained != "imagenet" and not Path(pretrained).exists():
+            raise InputError(pretrained, "no such file (expected a weights file, a training "
+                             "run directory, or 'imagenet')")
 
     @abstractmethod
     def check_data(self, sources: DataSources) -> DataSources:
