@@ -20,7 +20,6 @@ Prints images/s, ms per step and peak memory of both, and their ratio.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import machine, report, run_modes, time_steps  # noqa: E402
+from benchmarks.harness import report, run_modes, time_train_step  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,92 +55,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_child(args: argparse.Namespace) -> dict[str, object]:
-    """Time one mode in this process."""
+    """Time one mode in this process: the train-cls step or the reference loop."""
     import torch
     import torch.nn.functional as F
-    from torch.optim.lr_scheduler import PolynomialLR
 
-    from histoseg_cli.core.device import resolve_device
-    from histoseg_cli.core.inference.engine import autocast_dtype
     from histoseg_cli.core.models import PatchClassifier, ProgressiveDropoutAttention, build_backbone
     from histoseg_cli.core.models.preprocess import InputNorm
     from histoseg_cli.core.training.augment import PairedAugment
-    from histoseg_cli.core.training.loop import determinism, make_optimizer
-    from histoseg_cli.core.training.step import TrainStep
     from histoseg_cli.core.training.task import backbone_and_head_groups
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    backend_flags = contextlib.ExitStack()  # held until the child process exits
-    device = resolve_device(args.device)
-    cuda = device.type == "cuda"
     torch.manual_seed(0)
     kwargs = {"width": args.width} if args.backbone == "resnet38d" and args.width != 1 else {}
     model = PatchClassifier(build_backbone(args.backbone, **kwargs), args.classes,
                             pda=ProgressiveDropoutAttention(mu=0.9))
     if not args.from_scratch:
         model.backbone.freeze_pretrained()
-    default = args.child == "default"
-    channels_last = default and cuda
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    model.train()
     groups = backbone_and_head_groups(list(model.backbone.parameters()),
                                       list(model.fc8.parameters()), 0.01, 10.0, 5e-4)
-    if default:  # exactly what train-cls builds: fused SGD on CUDA, cuDNN autotuning
-        optimizer = make_optimizer(groups, 0.01, 0.9, device)
-        backend_flags.enter_context(determinism(False, device))
-    else:
-        optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9)
-    total = args.warmup + args.steps
-    scheduler = PolynomialLR(optimizer, total_iters=total + 1, power=0.9)
-    b, s = args.batch_size, args.size
-    labels = (torch.rand(b, args.classes) > 0.5).float()
-    norm = InputNorm.from_spec(model.backbone.normalisation)
-
-    if default:
-        patches = torch.randint(0, 256, (b, s, s, 3), dtype=torch.uint8)
-        if cuda:
-            patches, labels = patches.pin_memory(), labels.pin_memory()
-        net = torch.compile(model) if args.compile else model
-        step = TrainStep(net, optimizer, scheduler, norm, PairedAugment(),
-                         lambda z, ys: F.multilabel_soft_margin_loss(z.float(), ys[0]), device,
-                         autocast_dtype(args.precision, device), channels_last)
-        loss_sum = torch.zeros((), device=device)
-
-        def one_step() -> None:
-            nonlocal loss_sum
-            loss_sum = loss_sum + step(patches, labels)
-
-        def finish() -> float:
-            return float(loss_sum.item())
-    else:
-        if cuda:
-            torch.backends.cudnn.allow_tf32 = args.reference_tf32
-            torch.backends.cuda.matmul.allow_tf32 = args.reference_tf32
-        images = norm(torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8))
-
-        def one_step() -> None:
-            x, y = images.to(device), labels.to(device)
-            loss = F.multilabel_soft_margin_loss(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss.item()  # the reference logs every step
-
-        def finish() -> float:
-            return 0.0
-
-    seconds, peak = time_steps(one_step, finish, str(device), args.warmup, args.steps)
-    return {"mode": args.child + (" (compiled)" if default and args.compile else "")
-            + (f" ({args.precision})" if default and args.precision != "auto" else ""),
-            "images_per_s": round(args.steps * b / seconds, 3),
-            "ms_per_step": round(1000 * seconds / args.steps, 1),
-            "peak_memory_mb": round(peak / 2**20, 1),
-            "peak_memory_kind": "GPU allocated" if cuda else "process RSS",
-            "precision": "bf16" if default and step.dtype else "fp32",
-            "channels_last": channels_last,
-            "machine": machine(str(device)), "torch": torch.__version__}
+    labels = (torch.rand(args.batch_size, args.classes) > 0.5).float()
+    return time_train_step(
+        args, model, groups, InputNorm.from_spec(model.backbone.normalisation), PairedAugment(),
+        lambda z, ys: F.multilabel_soft_margin_loss(z.float(), ys[0]), [labels],
+        lambda z, ys: F.multilabel_soft_margin_loss(z, ys[0]), args.reference_tf32)
 
 
 def main(argv: list[str] | None = None) -> None:

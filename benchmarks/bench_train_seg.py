@@ -16,7 +16,6 @@ three pseudo masks per patch, each mode in its own process:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import machine, report, run_modes, time_steps  # noqa: E402
+from benchmarks.harness import report, run_modes, time_train_step  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,92 +45,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_child(args: argparse.Namespace) -> dict[str, object]:
-    """Time one mode in this process."""
+    """Time one mode in this process: the train-seg step or the reference loop."""
     import torch
     import torch.nn.functional as F
-    from torch.optim.lr_scheduler import PolynomialLR
 
-    from histoseg_cli.core.device import resolve_device
-    from histoseg_cli.core.inference.engine import autocast_dtype
     from histoseg_cli.core.models.preprocess import InputNorm
     from histoseg_cli.core.models.segmenter import Segmenter
     from histoseg_cli.core.training.augment import PairedAugment
-    from histoseg_cli.core.training.loop import determinism, make_optimizer
     from histoseg_cli.core.training.segmenter import DEFAULT_LAMBDAS, pseudo_supervision_loss
-    from histoseg_cli.core.training.step import TrainStep
     from histoseg_cli.core.training.task import backbone_and_head_groups
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    flags = contextlib.ExitStack()
-    device = resolve_device(args.device)
-    cuda = device.type == "cuda"
     torch.manual_seed(0)
     c, b, s = args.classes, args.batch_size, args.size
     model = Segmenter(args.encoder, c, 16)
-    default = args.child == "default"
-    channels_last = default and cuda
-    model.to(device, memory_format=torch.channels_last if channels_last
-             else torch.preserve_format).train()
     groups = backbone_and_head_groups(list(model.encoder.parameters()),
                                       model.head_parameters(), 0.01, 10.0, 5e-4)
-    if default:
-        optimizer = make_optimizer(groups, 0.01, 0.9, device)
-        flags.enter_context(determinism(False, device))
-    else:
-        optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9)
-    scheduler = PolynomialLR(optimizer, total_iters=args.warmup + args.steps + 1, power=0.9)
-    norm = InputNorm.from_spec("imagenet")
     pseudo = torch.randint(0, c + 1, (b, 3, s, s), dtype=torch.uint8)
     labels = (torch.rand(b, c) > 0.5).float()
 
-    if default:
-        patches = torch.randint(0, 256, (b, s, s, 3), dtype=torch.uint8)
-        if cuda:
-            patches, pseudo, labels = patches.pin_memory(), pseudo.pin_memory(), labels.pin_memory()
-        net = torch.compile(model) if args.compile else model
-        step = TrainStep(net, optimizer, scheduler, norm, PairedAugment(blur=0.5),
-                         lambda out, ys: pseudo_supervision_loss(out["masks"], ys[0],
-                                                                 DEFAULT_LAMBDAS, c),
-                         device, autocast_dtype(args.precision, device), channels_last)
-        total = torch.zeros((), device=device)
+    def reference_loss(out: dict, ys: list) -> torch.Tensor:
+        return sum(w * F.cross_entropy(out["masks"], ys[0][:, i].long(), ignore_index=c)
+                   for i, w in enumerate(DEFAULT_LAMBDAS))
 
-        def one_step() -> None:
-            nonlocal total
-            total = total + step(patches, pseudo, labels)
-
-        def finish() -> float:
-            return float(total.item())
-    else:
-        if cuda:
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-        images = norm(torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8))
-        targets = pseudo.long()
-
-        def one_step() -> None:
-            x, y = images.to(device), targets.to(device)
-            out = model(x)["masks"]
-            loss = sum(w * F.cross_entropy(out, y[:, i], ignore_index=c)
-                       for i, w in enumerate(DEFAULT_LAMBDAS))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss.item()
-
-        def finish() -> float:
-            return 0.0
-
-    seconds, peak = time_steps(one_step, finish, str(device), args.warmup, args.steps)
-    return {"mode": args.child + (" (compiled)" if default and args.compile else ""),
-            "images_per_s": round(args.steps * b / seconds, 3),
-            "ms_per_step": round(1000 * seconds / args.steps, 1),
-            "peak_memory_mb": round(peak / 2**20, 1),
-            "peak_memory_kind": "GPU allocated" if cuda else "process RSS",
-            "precision": "bf16" if default and step.dtype else "fp32",
-            "channels_last": channels_last, "machine": machine(str(device)),
-            "torch": torch.__version__}
+    return time_train_step(
+        args, model, groups, InputNorm.from_spec("imagenet"), PairedAugment(blur=0.5),
+        lambda out, ys: pseudo_supervision_loss(out["masks"], ys[0], DEFAULT_LAMBDAS, c),
+        [pseudo, labels], reference_loss)
 
 
 def main(argv: list[str] | None = None) -> None:

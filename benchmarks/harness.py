@@ -4,6 +4,7 @@ of its process tree."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -14,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,3 +143,81 @@ def run_tree(cmd: list[str]) -> tuple[float, float, str, float]:
         if proc.returncode != 0:
             raise SystemExit(f"command failed: {' '.join(cmd)}\n{err.read()}")
         return seconds, peak, out.read(), _children_cpu() - cpu
+
+
+def time_train_step(args: Any, model: Any, groups: list[dict[str, Any]], norm: Any,
+                    augment: Any, loss: Callable[..., Any], targets: list[Any],
+                    reference_loss: Callable[[Any, list[Any]], Any],
+                    reference_tf32: bool = False) -> dict[str, object]:
+    """Time one mode (``args.child``) of a training step in this process: ``default`` is the
+    step the training loop builds (TrainStep: uint8 batch pinned on CUDA, augmentation on the
+    device, fused SGD and cuDNN autotuning on CUDA, loss read once); ``reference`` a
+    reference-style loop on the same network (float inputs normalised on the host, unpinned
+    copies, fp32, ``loss.item()`` every step). ``targets`` are the batch's targets as the loop
+    gets them; ``reference_loss(output, targets_on_device)``."""
+    import torch
+    from torch.optim.lr_scheduler import PolynomialLR
+
+    from histoseg_cli.core.device import resolve_device
+    from histoseg_cli.core.inference.engine import autocast_dtype
+    from histoseg_cli.core.training.loop import determinism, make_optimizer
+    from histoseg_cli.core.training.step import TrainStep
+
+    flags = contextlib.ExitStack()  # held until the child process exits
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    default = args.child == "default"
+    channels_last = default and cuda
+    model.to(device, memory_format=torch.channels_last if channels_last
+             else torch.preserve_format).train()
+    if default:  # exactly what the training loop builds
+        optimizer = make_optimizer(groups, 0.01, 0.9, device)
+        flags.enter_context(determinism(False, device))
+    else:
+        optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9)
+    scheduler = PolynomialLR(optimizer, total_iters=args.warmup + args.steps + 1, power=0.9)
+    b, s = args.batch_size, args.size
+    step = None
+    if default:
+        patches = torch.randint(0, 256, (b, s, s, 3), dtype=torch.uint8)
+        if cuda:
+            patches, targets = patches.pin_memory(), [t.pin_memory() for t in targets]
+        net = torch.compile(model) if args.compile else model
+        step = TrainStep(net, optimizer, scheduler, norm, augment, loss, device,
+                         autocast_dtype(args.precision, device), channels_last)
+        total = torch.zeros((), device=device)
+
+        def one_step() -> None:
+            nonlocal total
+            total = total + step(patches, *targets)
+
+        def finish() -> float:
+            return float(total.item())
+    else:
+        if cuda:
+            torch.backends.cudnn.allow_tf32 = reference_tf32
+            torch.backends.cuda.matmul.allow_tf32 = reference_tf32
+        images = norm(torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8))
+
+        def one_step() -> None:
+            x = images.to(device)
+            value = reference_loss(model(x), [t.to(device) for t in targets])
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+            scheduler.step()
+            value.item()  # the reference logs every step
+
+        def finish() -> float:
+            return 0.0
+
+    seconds, peak = time_steps(one_step, finish, str(device), args.warmup, args.steps)
+    return {"mode": args.child + (" (compiled)" if default and args.compile else "")
+            + (f" ({args.precision})" if default and args.precision != "auto" else ""),
+            "images_per_s": round(args.steps * b / seconds, 3),
+            "ms_per_step": round(1000 * seconds / args.steps, 1),
+            "peak_memory_mb": round(peak / 2**20, 1),
+            "peak_memory_kind": "GPU allocated" if cuda else "process RSS",
+            "precision": "bf16" if step is not None and step.dtype else "fp32",
+            "channels_last": channels_last, "machine": machine(str(device)),
+            "torch": torch.__version__}
