@@ -86,3 +86,24 @@ def test_mu_schedule_reference_variant() -> None:
     assert s.mu(3) == pytest.approx(0.941192)  # 0.98 ** 3: PDA starts there in the reference
     with pytest.raises(ValueError):
         MuSchedule(sigma=1.5)
+
+
+def test_paper_form_is_the_raw_mean_and_normalised_its_scaled_copy():
+    from histoseg_cli.core.models.pda import ProgressiveDropoutAttention
+    from histoseg_cli.core.training.config import ClassifierConfig
+
+    torch.manual_seed(0)
+    features = torch.rand(2, 8, 5, 5)
+    weight = torch.randn(3, 8, 1, 1)
+    paper = ProgressiveDropoutAttention(0.8, form="paper")(features, weight)
+    normalised = ProgressiveDropoutAttention(0.8, form="normalised")(features, weight)
+    cams = torch.relu(torch.nn.functional.conv2d(features, weight))
+    clipped = torch.where(cams > 0.8 * cams.amax(dim=(2, 3), keepdim=True), 0, cams)
+    raw = clipped.mean(dim=1, keepdim=True)
+    torch.testing.assert_close(paper, features * raw)
+    torch.testing.assert_close(normalised, features * raw / raw.amax(dim=(2, 3), keepdim=True))
+    with pytest.raises(ValueError, match="PDA form"):
+        ProgressiveDropoutAttention(form="other")
+    # runs saved before the forms existed (pda: true/false) resume as normalised / off
+    assert ClassifierConfig(data="d", run_dir="r", pda=True).pda == "normalised"
+    assert ClassifierConfig(data="d", run_dir="r", pda=False).pda == "off"

@@ -84,8 +84,12 @@ def train_cls(
     poly_power: PolyPower = 0.9,
     seed: Seed = 0,
     deterministic: Deterministic = False,
-    pda: Annotated[bool, typer.Option("--pda/--no-pda", help="Progressive Dropout Attention.",
-                                      rich_help_panel=PDA)] = True,
+    pda: Annotated[str, typer.Option(
+        "--pda", help="Progressive Dropout Attention: normalised (attention divided by its "
+        "per-patch maximum; steady from scratch), paper (the published raw mean) or off.",
+        rich_help_panel=PDA)] = "normalised",
+    no_pda: Annotated[bool, typer.Option("--no-pda", help="Same as --pda off (the ablation).",
+                                         rich_help_panel=PDA)] = False,
     pda_sigma: Annotated[float, typer.Option("--pda-sigma", min=0.01, max=1.0,
                                              help="mu decay per epoch.",
                                              rich_help_panel=PDA)] = 0.985,
@@ -129,7 +133,7 @@ def train_cls(
         backbone=backbone, backbone_kwargs={"width": width} if width != 1.0 else {},
         pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
         head_lr_mult=head_lr_mult, weight_decay=weight_decay, momentum=momentum,
-        poly_power=poly_power, dropout=dropout, pda=pda,
+        poly_power=poly_power, dropout=dropout, pda="off" if no_pda else pda,
         mu=MuSchedule(pda_sigma, pda_floor, pda_warmup, pda_decay_in_warmup),
         flips=flips, color_jitter=color_jitter, precision=precision,
         channels_last=channels_last, compile=compile_, workers=workers, device=device,

@@ -62,7 +62,7 @@ class ClassifierTask(TrainTask):
             backbone = build_backbone(cfg.backbone, **cfg.backbone_kwargs)
         except (ValueError, TypeError) as err:
             raise UsageError(str(err), "--backbone") from None
-        pda = ProgressiveDropoutAttention() if cfg.pda else None
+        pda = ProgressiveDropoutAttention(form=cfg.pda) if cfg.pda != "off" else None
         return PatchClassifier(backbone, len(sources.class_names), pda=pda, dropout=cfg.dropout)
 
     def load_pretrained(self, model: nn.Module) -> None:
@@ -128,7 +128,8 @@ class ClassifierTask(TrainTask):
             normalisation=backbone.normalisation, patch_size=self._patch_size, mpp=self._mpp,
             config=cfg.as_dict(), backbone=cfg.backbone, backbone_kwargs=cfg.backbone_kwargs,
             cam_layers=list(backbone.cam_layers), background=self._background,
-            dropout=cfg.dropout, pda={**asdict(cfg.mu), "enabled": cfg.pda, "mu": row["mu"]})
+            dropout=cfg.dropout, pda={**asdict(cfg.mu), "enabled": cfg.pda != "off",
+                                            "form": cfg.pda, "mu": row["mu"]})
 
     def describe(self, row: dict[str, Any]) -> str:
         text = f"  mu {row['mu']:.3f}"

@@ -8,7 +8,7 @@ from typing import Any
 
 from histoseg_cli.core.errors import UsageError
 from histoseg_cli.core.inference.engine import PRECISIONS
-from histoseg_cli.core.models.pda import MuSchedule
+from histoseg_cli.core.models.pda import PDA_FORMS, MuSchedule
 
 #: Options that may differ when a run is resumed (where and how fast, not what is trained).
 RUNTIME_FIELDS = ("data", "val", "run_dir", "device", "workers", "precision", "channels_last",
@@ -89,7 +89,7 @@ class ClassifierConfig(TrainConfig):
     backbone: str = "resnet38d"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     dropout: float = 0.5
-    pda: bool = True
+    pda: str = "normalised"  # a PDA form (models.pda.PDA_FORMS) or "off"
     mu: MuSchedule = field(default_factory=MuSchedule)
     flips: bool = True
     color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter, 0 = off
@@ -97,6 +97,8 @@ class ClassifierConfig(TrainConfig):
     def __post_init__(self) -> None:
         if isinstance(self.mu, dict):
             self.mu = MuSchedule(**self.mu)
+        if isinstance(self.pda, bool):  # runs saved before the forms: on = normalised
+            self.pda = "normalised" if self.pda else "off"
         super().__post_init__()
 
     def checks(self) -> list[tuple[bool, str, str]]:
@@ -104,6 +106,8 @@ class ClassifierConfig(TrainConfig):
 
         return [*super().checks(),
                 (0 <= self.dropout < 1, "--dropout", "must be in [0, 1)"),
+                (self.pda in (*PDA_FORMS, "off"), "--pda",
+                 f"choose one of {', '.join((*PDA_FORMS, 'off'))}"),
                 (0 <= self.color_jitter < 1, "--color-jitter", "must be in [0, 1)"),
                 (self.backbone in BACKBONES, "--backbone",
                  f"unknown backbone '{self.backbone}'; choose one of "
