@@ -26,7 +26,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "histoseg_cli"
 #: Layers from bottom to top; a module may import its own layer and the ones below.
 LAYERS = [
     {"errors", "atomic", "progress", "parallel", "device", "distributed", "figures", "imageio",
-     "morphology", "failures", "provenance"},
+     "morphology", "failures", "provenance", "defaults"},
     {"data"},
     {"metrics", "slides"},
     {"models"},

@@ -123,3 +123,24 @@ def test_output_that_is_a_folder_fails_before_any_work(cli, tmp_path):
               "--classes", "a,b,c,d", "-o", tmp_path / "o")
     assert res.exit_code == 1 and "is a folder; expected the artifact's file name" in res.stderr
     assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_shared_options_read_the_same_in_every_command():
+    """One definition per shared option: the same help text and default wherever it appears
+    (export's --precision, train-seg's --classifier and the kinds of --workers/--overwrite
+    are other options)."""
+    import typer
+
+    group = typer.main.get_command(app)
+    seen: dict[str, set[tuple[str, object]]] = {}
+    for name, command in group.commands.items():
+        for param in command.params:
+            flag = max(param.opts, key=len)
+            if name == "export" and flag == "--precision":
+                continue
+            seen.setdefault(flag, set()).add((param.help or "", param.default))
+    for flag in ("--device", "--precision", "--gate-threshold", "--no-gate", "--mpp",
+                 "--magnification", "--source-mpp", "--min-tissue", "--thumbnail-size"):
+        assert len(seen[flag]) == 1, (flag, seen[flag])
+    assert len(seen["--overwrite"]) == 2  # outputs (tile, cams, predict) and training runs
+    assert any("0.1" in str(default) for _, default in seen["--gate-threshold"])

@@ -9,7 +9,8 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.core.device import DEVICE_CHOICES
+from histoseg_cli.commands.options import Device, Overwrite, Precision
+from histoseg_cli.core.defaults import WHITE_THRESHOLD
 from histoseg_cli.core.errors import InputError
 
 MASKS = "Pseudo masks"
@@ -28,7 +29,7 @@ def cams(
                                          "to write; it links to DATA.", show_default=False)],
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="Layout of a dataset folder DATA \\[default: detected].")] = None,
-    device: Annotated[str, typer.Option("--device", help=f"{'|'.join(DEVICE_CHOICES)}.")] = "auto",
+    device: Device = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
                                             help="Patches per forward pass.")] = 8,
     background: Annotated[str | None, typer.Option(
@@ -37,13 +38,11 @@ def cams(
         rich_help_panel=MASKS)] = None,
     white_threshold: Annotated[float, typer.Option(
         "--white-threshold", min=0, max=255, help="Grey value above which a pixel is white "
-        "(--background white).", rich_help_panel=MASKS)] = 200.0,
+        "(--background white).", rich_help_panel=MASKS)] = WHITE_THRESHOLD,
     min_size: Annotated[int, typer.Option(
         "--min-size", min=0, help="White 4-connected areas smaller than this many pixels stay "
         "tissue.", rich_help_panel=MASKS)] = 50,
-    precision: Annotated[str, typer.Option(
-        "--precision", help="auto (bf16 autocast on CUDA) | fp32 | bf16 (2-4x fp32 on "
-        "CPUs with bf16 units).")] = "auto",
+    precision: Precision = "auto",
     tta: Annotated[str, typer.Option(
         "--tta", help="Views whose maps are averaged: flips (the patch and its "
         "three mirror images), d4 (also transposed: 8 views), hflip, or none (one pass, as "
@@ -55,9 +54,7 @@ def cams(
     vmap_classes: Annotated[bool, typer.Option(
         "--vmap-classes", help="One vmapped backward pass for all classes instead of one per "
         "class (same maps, more memory; can be faster on GPU).")] = False,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace an output that another classifier or other settings "
-        "made (default: refuse).", rich_help_panel=OUTPUTS)] = False,
+    overwrite: Overwrite = False,
     save_cams: Annotated[bool, typer.Option(
         "--save-cams", help="Also store the normalised CAMs (float16, 3 x C maps per patch).",
         rich_help_panel=OUTPUTS)] = False,

@@ -9,7 +9,8 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.commands.gate_options import Classifier, GateThreshold, NoGate
+from histoseg_cli.commands.options import (DEFAULT_GATE_THRESHOLD, Classifier, GateThreshold,
+                                          NoGate)
 
 ENGINE = "TensorRT engines"
 
@@ -22,7 +23,7 @@ def export(
                                          "(the ONNX file is kept beside an engine).",
                                          show_default=False)],
     classifier: Classifier = None,
-    gate_threshold: GateThreshold = 0.1,
+    gate_threshold: GateThreshold = DEFAULT_GATE_THRESHOLD,
     no_gate: NoGate = False,
     format: Annotated[str | None, typer.Option(
         "--format", help="onnx | engine \\[default: from the -o suffix].",

@@ -9,12 +9,13 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.commands.gate_options import Classifier, GateThreshold, NoGate
-from histoseg_cli.core.device import DEVICE_CHOICES
+from histoseg_cli.commands.options import (DEFAULT_GATE_THRESHOLD, RUN, Classifier, Compile,
+                                          Device, GateThreshold, Magnification, MinTissue, Mpp,
+                                          NoGate, Overwrite, Precision, ReaderWorkers,
+                                          SourceMpp, ThumbnailSize)
 from histoseg_cli.core.errors import HistosegError
 
 SLIDES = "Slides"
-RUN = "Run"
 
 
 @command(app, "predict", panel="Pipeline")
@@ -30,47 +31,30 @@ def predict(
                                          "for one artifact or slide also the .h5 to write, "
                                          "for one image the .png.", show_default=False)],
     classifier: Classifier = None,
-    gate_threshold: GateThreshold = 0.1,
+    gate_threshold: GateThreshold = DEFAULT_GATE_THRESHOLD,
     no_gate: NoGate = False,
     stride: Annotated[int | None, typer.Option(
         "--stride", min=1, help="Window step in pixels; overlaps are blended \\[default: half "
         "a window for images, a window for slides].", show_default=False)] = None,
-    mpp: Annotated[float | None, typer.Option(
-        "--mpp", min=0.01, help="Slide resolution in um/px \\[default: the segmenter's].",
-        rich_help_panel=SLIDES, show_default=False)] = None,
-    magnification: Annotated[float | None, typer.Option(
-        "--magnification", min=0.1, help="Slide magnification (instead of --mpp).",
-        rich_help_panel=SLIDES, show_default=False)] = None,
-    source_mpp: Annotated[float | None, typer.Option(
-        "--source-mpp", min=0.01, help="Level-0 um/px of slides that record none.",
-        rich_help_panel=SLIDES, show_default=False)] = None,
-    min_tissue: Annotated[float, typer.Option(
-        "--min-tissue", min=0.0, max=1.0, help="Predict tiles with at least this tissue "
-        "fraction.", rich_help_panel=SLIDES)] = 0.25,
-    thumbnail_size: Annotated[int, typer.Option(
-        "--thumbnail-size", min=64, help="Longer side of the thumbnail (tissue detection, "
-        "overlay).", rich_help_panel=SLIDES)] = 1024,
+    mpp: Mpp = None,
+    magnification: Magnification = None,
+    source_mpp: SourceMpp = None,
+    min_tissue: MinTissue = None,
+    thumbnail_size: ThumbnailSize = None,
     geojson: Annotated[bool, typer.Option(
         "--geojson", help="Also write class polygons (GeoJSON for QuPath) per slide.",
         rich_help_panel=SLIDES)] = False,
-    workers: Annotated[int, typer.Option(
-        "--workers", min=1, help="Slide-reading processes.", rich_help_panel=SLIDES)] = 2,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Redo inputs whose outputs are complete (default: skip them).",
-        rich_help_panel=RUN)] = False,
+    workers: ReaderWorkers = None,
+    overwrite: Overwrite = False,
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="INPUT is a patch-dataset folder of this layout (imported beside "
         "-o first).", rich_help_panel=RUN, show_default=False)] = None,
-    device: Annotated[str, typer.Option("--device", help=f"{'|'.join(DEVICE_CHOICES)}.",
-                                        rich_help_panel=RUN)] = "auto",
+    device: Device = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
                                             help="Windows per forward pass.",
                                             rich_help_panel=RUN)] = 16,
-    precision: Annotated[str, typer.Option(
-        "--precision", help="auto (bf16 autocast on CUDA) | fp32 | bf16.",
-        rich_help_panel=RUN)] = "auto",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the networks.",
-                                          rich_help_panel=RUN)] = False,
+    precision: Precision = "auto",
+    compile: Compile = False,
     *,
     out: Output,
 ) -> None:
@@ -90,6 +74,7 @@ def predict(
 
       torchrun --nproc-per-node 4 -m histoseg_cli predict runs/seg slides/ -o predictions/
     """
+    from histoseg_cli.core.defaults import default_readers
     from histoseg_cli.core.inference.gate import GateConfig
     from histoseg_cli.core.predict.predictor import PredictConfig
     from histoseg_cli.core.predict.run import PredictRequest, run_predict
@@ -109,9 +94,12 @@ def predict(
                            gate=GateConfig(gate_threshold, enabled=not no_gate))
     outcome = run_predict(PredictRequest(
         segmenter=segmenter, input=input, output=output, classifier=classifier, config=config,
-        target=target, slides=SlideConfig(source_mpp=source_mpp, min_tissue=min_tissue,
-                                          thumbnail_size=thumbnail_size),
-        stride=stride, workers=workers, geojson=geojson, overwrite=overwrite),
+        target=target, slides=SlideConfig(
+            source_mpp=source_mpp,
+            **{k: v for k, v in (("min_tissue", min_tissue), ("thumbnail_size", thumbnail_size))
+               if v is not None}),
+        stride=stride, workers=workers or default_readers(), geojson=geojson,
+        overwrite=overwrite),
         device=device, reporter=out.reporter)
     if outcome.main:
         out.result(outcome.payload, paths=outcome.paths)

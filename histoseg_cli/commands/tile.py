@@ -9,6 +9,9 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
+from histoseg_cli.commands.options import (Magnification, MinTissue, Mpp, Overwrite, SourceMpp,
+                                          ThumbnailSize)
+from histoseg_cli.core.defaults import MAX_READERS
 from histoseg_cli.core.data.layouts import DATASETS
 from histoseg_cli.core.errors import HistosegError
 
@@ -28,28 +31,16 @@ def tile(
                                          "for one slide, the .h5 to write; otherwise the "
                                          "artifact (.h5) to write, a folder when INPUT holds "
                                          "several splits.", show_default=False)],
-    mpp: Annotated[float | None, typer.Option(
-        "--mpp", min=0.01, help="Target resolution in um/px (instead of --magnification).",
-        rich_help_panel=SLIDES, show_default=False)] = None,
-    magnification: Annotated[float | None, typer.Option(
-        "--magnification", min=0.1, help="Target magnification, 10x = 1.0 um/px "
-        "\\[default: 10].", rich_help_panel=SLIDES, show_default=False)] = None,
-    source_mpp: Annotated[float | None, typer.Option(
-        "--source-mpp", min=0.01, help="Level-0 um/px of slides that record none (overrides "
-        "the recorded value).", rich_help_panel=SLIDES, show_default=False)] = None,
-    min_tissue: Annotated[float | None, typer.Option(
-        "--min-tissue", min=0.0, max=1.0, help="Keep tiles with at least this tissue fraction "
-        "\\[default: 0.25].", rich_help_panel=SLIDES, show_default=False)] = None,
-    thumbnail_size: Annotated[int | None, typer.Option(
-        "--thumbnail-size", min=64, help="Longer side of the thumbnail used for tissue "
-        "detection \\[default: 1024].", rich_help_panel=SLIDES, show_default=False)] = None,
+    mpp: Mpp = None,
+    magnification: Magnification = None,
+    source_mpp: SourceMpp = None,
+    min_tissue: MinTissue = None,
+    thumbnail_size: ThumbnailSize = None,
     compression: Annotated[str | None, typer.Option(
         "--compression", help="HDF5 filter for slide patches: gzip (the artifact format's; "
         "encoded in the reading workers), none or lzf \\[default: gzip].",
         rich_help_panel=SLIDES, show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Redo outputs that are complete (default: keep slides tiled the "
-        "same way; refuse outputs made with other settings).")] = False,
+    overwrite: Overwrite = False,
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="Patch-dataset layout: "
         + "; ".join(f"{name} ({spec.description})" for name, spec in DATASETS.items()) + ".",
@@ -74,9 +65,9 @@ def tile(
         "--keep-empty", help="Keep patches in which no class is present.",
         rich_help_panel=PATCH)] = False,
     workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, help="Slides: reading processes, one slide handle each "
-        "\\[default: CPU count, at most 4]. Otherwise image-decoding threads \\[default: 4].",
-        show_default=False)] = None,
+        "--workers", "-j", min=1, help="Slides: reading processes, one slide handle each "
+        f"\\[default: the CPUs, at most {MAX_READERS}]. Otherwise image-decoding threads "
+        "\\[default: 4].", show_default=False)] = None,
     *,
     out: Output,
 ) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.commands.training_options import (
+from histoseg_cli.commands.options import (
     OPTIM,
     OUTPUT,
     BatchSize,
@@ -18,13 +18,13 @@ from histoseg_cli.commands.training_options import (
     Deterministic,
     Device,
     Momentum,
-    Overwrite,
+    OverwriteRun,
     PolyPower,
     Precision,
     Resume,
     Seed,
     WeightDecay,
-    Workers,
+    LoaderWorkers,
 )
 from histoseg_cli.core.data.layouts import DATASETS
 
@@ -102,12 +102,12 @@ def train_cls(
         "--pda-decay-in-warmup", help="Decay mu during warm-up too (reference code; with "
         "--pda-sigma 0.98).", rich_help_panel=PDA)] = False,
     device: Device = "auto",
-    workers: Workers = 4,
+    workers: LoaderWorkers = 4,
     precision: Precision = "auto",
     channels_last: ChannelsLast = None,
     compile_: Compile = False,
     resume: Resume = False,
-    overwrite: Overwrite = False,
+    overwrite: OverwriteRun = False,
     *,
     out: Output,
 ) -> None:

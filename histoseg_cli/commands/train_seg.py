@@ -9,7 +9,7 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.commands.training_options import (
+from histoseg_cli.commands.options import (
     OPTIM,
     OUTPUT,
     BatchSize,
@@ -18,13 +18,13 @@ from histoseg_cli.commands.training_options import (
     Deterministic,
     Device,
     Momentum,
-    Overwrite,
+    OverwriteRun,
     PolyPower,
     Precision,
     Resume,
     Seed,
     WeightDecay,
-    Workers,
+    LoaderWorkers,
 )
 
 DATA, MODEL, LOSS = "Data", "Model", "Loss"
@@ -45,11 +45,11 @@ def _floats(text: str | None, option: str) -> list[float] | None:
 def train_seg(
     data: Annotated[Path, typer.Argument(help="Patches artifact (or dataset folder) the pseudo "
                                          "masks were made from.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory to write.",
+                                         show_default=False, rich_help_panel=OUTPUT)],
     pseudo: Annotated[Path | None, typer.Argument(
         help="Pseudo-masks artifact from histoseg cams (omit with --masks).",
         show_default=False)] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory to write.",
-                                         show_default=False, rich_help_panel=OUTPUT)] = None,
     masks: Annotated[bool, typer.Option(
         "--masks", help="Fully supervised: train on DATA's ground-truth masks instead of pseudo "
         "masks.", rich_help_panel=DATA)] = False,
@@ -105,12 +105,12 @@ def train_seg(
     seed: Seed = 0,
     deterministic: Deterministic = False,
     device: Device = "auto",
-    workers: Workers = 4,
+    workers: LoaderWorkers = 4,
     precision: Precision = "auto",
     channels_last: ChannelsLast = None,
     compile_: Compile = False,
     resume: Resume = False,
-    overwrite: Overwrite = False,
+    overwrite: OverwriteRun = False,
     *,
     out: Output,
 ) -> None:
@@ -127,12 +127,9 @@ def train_seg(
 
       histoseg train-seg train.h5 --masks --val val.h5 -o runs/seg-full   (fully supervised)
     """
-    from histoseg_cli.core.errors import UsageError
     from histoseg_cli.core.ingest.sources import resolve_sources  # torch: only when running
     from histoseg_cli.core.training import SegmenterConfig, SegmenterTask, train
 
-    if output is None:
-        raise UsageError("missing the run directory", "--output/-o")
     config = SegmenterConfig(
         data=str(data), run_dir=str(output), val=str(val) if val else None, dataset=dataset,
         pseudo=str(pseudo) if pseudo else None, masks=masks,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from histoseg_cli.core.defaults import DEVICE_CHOICES  # noqa: F401 - the choices live there
 from histoseg_cli.core.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:

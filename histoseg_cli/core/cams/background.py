@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from histoseg_cli.core.defaults import WHITE_THRESHOLD
 from histoseg_cli.core.morphology import drop_small_components
 
 #: ITU-R BT.601 luma, as PIL's "L" conversion and OpenCV's RGB2GRAY use.
@@ -23,7 +24,7 @@ class BackgroundConfig:
     """Which pixels are glass: ``rule`` is a key of ``BACKGROUND_RULES``."""
 
     rule: str = "white"
-    threshold: float = 200.0  # grey value above which a pixel is white
+    threshold: float = WHITE_THRESHOLD  # grey value above which a pixel is white
     min_size: int = 50  # white 4-connected components smaller than this stay tissue
 
     def as_dict(self) -> dict[str, object]:

@@ -31,7 +31,7 @@ from histoseg_cli.core.cams.pseudo import PseudoMasks, pseudo_masks
 from histoseg_cli.core.cams.tta import TTA_VIEWS, averaged_maps
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.imageio import save_palette_png
-from histoseg_cli.core.inference.engine import PRECISIONS
+from histoseg_cli.core.defaults import PRECISIONS, WHITE_THRESHOLD, check_choice
 from histoseg_cli.core.parallel import ordered_map
 from histoseg_cli.core.progress import SILENT, Reporter
 
@@ -44,7 +44,7 @@ class CamsConfig:
 
     batch_size: int = 8
     background: str | None = None  # a key of BACKGROUND_RULES
-    threshold: float = 200.0
+    threshold: float = WHITE_THRESHOLD
     min_size: int = 50
     save_cams: bool = False
     png_dir: Path | None = None
@@ -63,8 +63,7 @@ class CamsConfig:
             raise UsageError(f"choose one of {', '.join(TTA_VIEWS)}", option="--tta")
         if self.cam not in CAM_METHODS:
             raise UsageError(f"choose one of {', '.join(CAM_METHODS)}", option="--cam")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"choose one of {', '.join(PRECISIONS)}", option="--precision")
+        check_choice(self.precision, PRECISIONS, "--precision")
 
 
 @dataclass

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from histoseg_cli.core.defaults import PRECISIONS
 from histoseg_cli.core.models.preprocess import InputNorm, to_input
 from histoseg_cli.core.parallel import ordered_map
 
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

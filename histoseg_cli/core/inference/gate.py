@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from histoseg_cli.core.defaults import GATE_THRESHOLD
 from histoseg_cli.core.errors import UsageError
 from histoseg_cli.core.models.checkpoint import LoadedModel
 from histoseg_cli.core.models.preprocess import InputNorm
 
 #: Where the gate comes from: the stage-1 classifier, the segmenter's gate head, or nowhere.
 GATE_SOURCES = ("classifier", "head", "none")
-DEFAULT_THRESHOLD = 0.1
 
 
 def gated_softmax(logits: torch.Tensor, gate: torch.Tensor | None,
@@ -42,7 +42,7 @@ class GateConfig:
     """How predictions are gated: ``enabled=False`` keeps the gate's probabilities (they are
     still recorded) but does not apply them (the ablation)."""
 
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float = GATE_THRESHOLD
     enabled: bool = True
 
     def __post_init__(self) -> None:

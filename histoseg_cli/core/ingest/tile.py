@@ -12,12 +12,12 @@ errors naming the flags. Inputs are checked before outputs.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from histoseg_cli.core.atomic import check_writable
+from histoseg_cli.core.defaults import MAGNIFICATION, MIN_TISSUE, THUMBNAIL_SIZE, default_readers
 from histoseg_cli.core.data.datasets import find_layout, find_splits, looked_for
 from histoseg_cli.core.data.layouts import get_dataset
 from histoseg_cli.core.errors import InputError, UsageError
@@ -150,15 +150,15 @@ def _slides(req: TileRequest, reporter: Reporter) -> TileOutcome:
     if req.compression is not None and req.compression not in COMPRESSIONS:
         raise UsageError(f"expected {', '.join(COMPRESSIONS)}", f"--compression {req.compression}")
     config = SlideConfig(
-        target=Target(mpp=req.mpp, magnification=10.0 if req.mpp is None
+        target=Target(mpp=req.mpp, magnification=MAGNIFICATION if req.mpp is None
                       and req.magnification is None else req.magnification),
         source_mpp=req.source_mpp, patch_size=req.patch_size or 224, stride=req.stride,
-        min_tissue=0.25 if req.min_tissue is None else req.min_tissue,
-        thumbnail_size=req.thumbnail_size or 1024,
+        min_tissue=MIN_TISSUE if req.min_tissue is None else req.min_tissue,
+        thumbnail_size=req.thumbnail_size or THUMBNAIL_SIZE,
         compression=COMPRESSIONS[req.compression or "gzip"])
     summary = tile_slides(req.input, req.output.parent if single_file else req.output, config,
                           reporter=reporter, overwrite=req.overwrite,
-                          workers=req.workers or min(4, os.cpu_count() or 1),
+                          workers=req.workers or default_readers(),
                           artifact=req.output if single_file else None)
     ok = [o for o in summary.outcomes if o.status != "failed"]
     return TileOutcome(summary.as_dict(), [str(o.output) for o in ok],

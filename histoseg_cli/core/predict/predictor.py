@@ -19,7 +19,8 @@ import torch
 
 from histoseg_cli.core.errors import UsageError
 from histoseg_cli.core.inference.card import ModelCard
-from histoseg_cli.core.inference.engine import PRECISIONS, InferenceEngine, autocast_dtype
+from histoseg_cli.core.defaults import PRECISIONS, check_choice
+from histoseg_cli.core.inference.engine import InferenceEngine, autocast_dtype
 from histoseg_cli.core.inference.gate import GateConfig
 from histoseg_cli.core.inference.loading import load_gated
 from histoseg_cli.core.inference.onnx_runtime import OnnxEngine
@@ -44,8 +45,7 @@ class PredictConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise UsageError("must be at least 1", option="--batch-size")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"expected one of {', '.join(PRECISIONS)}", option="--precision")
+        check_choice(self.precision, PRECISIONS, "--precision")
 
 
 @dataclass

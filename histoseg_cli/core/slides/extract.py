@@ -19,6 +19,7 @@ import numpy as np
 from histoseg_cli.core.data.format import ArtifactMeta
 
 from histoseg_cli.core.data.writer import ENCODABLE, ArtifactWriter, encode_patches
+from histoseg_cli.core.defaults import MAGNIFICATION, MIN_TISSUE, THUMBNAIL_SIZE
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.provenance import Provenance
 from histoseg_cli.core.imageio import save_png
@@ -39,12 +40,12 @@ Progress = Callable[[int, int], None]
 class SlideConfig:
     """How slides are tiled."""
 
-    target: Target = field(default_factory=lambda: Target(magnification=10.0))
+    target: Target = field(default_factory=lambda: Target(magnification=MAGNIFICATION))
     source_mpp: float | None = None  # level-0 um/px when the slide records none (or is wrong)
     patch_size: int = 224
     stride: int | None = None  # None: the patch size (no overlap)
-    min_tissue: float = 0.25  # keep tiles with at least this tissue fraction
-    thumbnail_size: int = 1024  # longer side of the thumbnail used for tissue detection
+    min_tissue: float = MIN_TISSUE  # keep tiles with at least this tissue fraction
+    thumbnail_size: int = THUMBNAIL_SIZE  # longer side of the thumbnail for tissue detection
     tissue: TissueConfig = field(default_factory=TissueConfig)
     #: HDF5 filter for patches: "gzip" (the artifact default; chunks are encoded where the
     #: strips are read, in the workers), None or "lzf" (compressed by the writer process).

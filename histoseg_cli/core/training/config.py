@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from histoseg_cli.core.errors import UsageError
-from histoseg_cli.core.inference.engine import PRECISIONS
+from histoseg_cli.core.defaults import PRECISIONS
 from histoseg_cli.core.models.pda import PDA_FORMS, MuSchedule
 
 #: Options that may differ when a run is resumed (where and how fast, not what is trained).
@@ -53,8 +53,8 @@ class TrainConfig:
             (self.epochs >= 1, "--epochs", "must be >= 1"),
             (self.batch_size >= 1, "--batch-size", "must be >= 1"),
             (self.lr > 0, "--lr", "must be positive"),
-            (self.precision in PRECISIONS, "--precision", f"must be one of "
-             f"{', '.join(PRECISIONS)}"),
+            (self.precision in PRECISIONS, "--precision",
+             f"'{self.precision}' is not one of {', '.join(PRECISIONS)}"),
             (self.workers >= 0, "--workers", "must be >= 0"),
             (not (self.resume and self.overwrite), "--resume",
              "--resume and --overwrite exclude each other"),
