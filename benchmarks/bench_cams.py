@@ -22,7 +22,7 @@ import time
 import torch
 
 from histoseg_cli.core.cams.gradcam import gradcam
-from histoseg_cli.core.cams.naive import naive_gradcam
+from benchmarks.naive_gradcam import naive_gradcam
 from histoseg_cli.core.cams.pseudo import pseudo_masks
 from histoseg_cli.core.device import resolve_device
 from histoseg_cli.core.inference.engine import InferenceEngine

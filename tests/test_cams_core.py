@@ -9,7 +9,7 @@ import torch
 from histoseg_cli.core.cams.gradcam import final_layer_cams, gradcam
 from histoseg_cli.core.cams.run import CamsConfig, compute_batch
 from histoseg_cli.core.cams.tta import TTA_VIEWS, averaged_maps
-from histoseg_cli.core.cams.naive import naive_gradcam
+from benchmarks.naive_gradcam import naive_gradcam
 from histoseg_cli.core.cams.background import BackgroundConfig, background_mask
 from histoseg_cli.core.cams.pseudo import (
     BACKGROUND_SCORE,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from histoseg_cli.core.cams.gradcam import gradcam
-from histoseg_cli.core.cams.naive import naive_gradcam
+from benchmarks.naive_gradcam import naive_gradcam
 from histoseg_cli.core.data.demo import DemoConfig, write_demo_dataset
 
 pytestmark = [pytest.mark.gpu,

@@ -3,9 +3,9 @@
 Dataset folders are resolved to artifacts by the caller (see ``train``'s ``prepare``)."""
 
 from histoseg_cli.core.training.classifier import ClassifierTask
-from histoseg_cli.core.training.config import ClassifierConfig, TrainConfig
+from histoseg_cli.core.training.config import ClassifierConfig, SegmenterConfig, TrainConfig
 from histoseg_cli.core.training.loop import TrainResult, train
-from histoseg_cli.core.training.segmenter import SegmenterConfig, SegmenterTask
+from histoseg_cli.core.training.segmenter import SegmenterTask
 from histoseg_cli.core.training.task import TRAIN_TASKS, TrainTask
 
 __all__ = ["TRAIN_TASKS", "ClassifierConfig", "ClassifierTask", "SegmenterConfig",

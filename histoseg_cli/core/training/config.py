@@ -1,5 +1,5 @@
 """The options of a training run as serialisable dataclasses: the loop's own, and one subclass
-per task (the classifier's here; the segmenter's in its task module)."""
+per task (the classifier's and the segmenter's), side by side."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from histoseg_cli.core.errors import UsageError
 from histoseg_cli.core.defaults import PRECISIONS
 from histoseg_cli.core.models.pda import PDA_FORMS, MuSchedule
+from histoseg_cli.core.models.segmenter import ATROUS_RATES
 
 #: Options that may differ when a run is resumed (where and how fast, not what is trained).
 RUNTIME_FIELDS = ("data", "val", "run_dir", "device", "workers", "precision", "channels_last",
@@ -114,3 +115,37 @@ class ClassifierConfig(TrainConfig):
                  f"{', '.join(sorted(BACKBONES))}"),
                 (not self.backbone_kwargs.get("width") or self.backbone == "resnet38d",
                  "--width", "applies to --backbone resnet38d only")]
+
+
+@dataclass
+class SegmenterConfig(TrainConfig):
+    """A train-seg run. Defaults are the paper's stage-3 recipe (see docs/method.md)."""
+
+    epochs: int = 30
+    pseudo: str | None = None  # pseudo-masks artifact; None with masks=True
+    masks: bool = False  # fully supervised on the artifact's ground-truth masks
+    layers: list[str] | None = None  # CAM layers to learn from (default: all)
+    lambdas: list[float] | None = None  # their weights (default: 0.2/0.2/0.6 shallow to deep)
+    encoder: str = "resnet101"
+    output_stride: int = 16
+    gate_head: bool = False
+    gate_weight: float = 0.4
+    classifier: str | None = None  # stage-1 checkpoint to compare the gate head with
+    hflip: bool = True
+    vflip: bool = True
+    blur: float = 0.5  # probability of a random Gaussian blur
+    samples: int = 4  # validation patches drawn per epoch in samples/
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [*super().checks(),
+                ((self.pseudo is None) == self.masks, "--masks",
+                 "give PSEUDO (pseudo masks from cams) or --masks, not both"),
+                (self.output_stride in ATROUS_RATES, "--output-stride", "must be 8 or 16"),
+                (self.lambdas is None or all(v >= 0 for v in self.lambdas), "--lambdas",
+                 "weights must be >= 0"),
+                (self.lambdas is None or sum(self.lambdas) > 0, "--lambdas",
+                 "at least one weight must be positive"),
+                (0 <= self.blur <= 1, "--blur", "must be a probability in [0, 1]"),
+                (self.gate_weight >= 0, "--gate-weight", "must be >= 0"),
+                (self.classifier is None or self.gate_head, "--classifier",
+                 "compares with the gate head; add --gate-head")]

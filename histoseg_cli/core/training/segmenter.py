@@ -5,7 +5,6 @@ head trained on the patch labels in the same run."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,47 +25,13 @@ from histoseg_cli.core.models.checkpoint import read_checkpoint, resolve_checkpo
 from histoseg_cli.core.models.preprocess import InputNorm
 from histoseg_cli.core.models.segmenter import ATROUS_RATES, Segmenter, SegmenterInfo, load_encoder_weights
 from histoseg_cli.core.training.augment import PairedAugment
-from histoseg_cli.core.training.config import TrainConfig
+from histoseg_cli.core.training.config import SegmenterConfig
 from histoseg_cli.core.training.data import Column, PatchDataset, train_labels, val_labels
 from histoseg_cli.core.training.samples import write_samples
 from histoseg_cli.core.training.task import TrainTask, backbone_and_head_groups, register_train_task
 
 #: Default layer weights, shallow to deep (the reference: 0.2 b4_5, 0.2 b5_2, 0.6 bn7).
 DEFAULT_LAMBDAS = (0.2, 0.2, 0.6)
-
-
-@dataclass
-class SegmenterConfig(TrainConfig):
-    """A train-seg run. Defaults are the paper's stage-3 recipe (see docs/method.md)."""
-
-    epochs: int = 30
-    pseudo: str | None = None  # pseudo-masks artifact; None with masks=True
-    masks: bool = False  # fully supervised on the artifact's ground-truth masks
-    layers: list[str] | None = None  # CAM layers to learn from (default: all)
-    lambdas: list[float] | None = None  # their weights (default: 0.2/0.2/0.6 shallow to deep)
-    encoder: str = "resnet101"
-    output_stride: int = 16
-    gate_head: bool = False
-    gate_weight: float = 0.4
-    classifier: str | None = None  # stage-1 checkpoint to compare the gate head with
-    hflip: bool = True
-    vflip: bool = True
-    blur: float = 0.5  # probability of a random Gaussian blur
-    samples: int = 4  # validation patches drawn per epoch in samples/
-
-    def checks(self) -> list[tuple[bool, str, str]]:
-        return [*super().checks(),
-                ((self.pseudo is None) == self.masks, "--masks",
-                 "give PSEUDO (pseudo masks from cams) or --masks, not both"),
-                (self.output_stride in ATROUS_RATES, "--output-stride", "must be 8 or 16"),
-                (self.lambdas is None or all(v >= 0 for v in self.lambdas), "--lambdas",
-                 "weights must be >= 0"),
-                (self.lambdas is None or sum(self.lambdas) > 0, "--lambdas",
-                 "at least one weight must be positive"),
-                (0 <= self.blur <= 1, "--blur", "must be a probability in [0, 1]"),
-                (self.gate_weight >= 0, "--gate-weight", "must be >= 0"),
-                (self.classifier is None or self.gate_head, "--classifier",
-                 "compares with the gate head; add --gate-head")]
 
 
 def pseudo_supervision_loss(logits: torch.Tensor, targets: torch.Tensor,
