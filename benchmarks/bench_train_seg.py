@@ -16,31 +16,18 @@ three pseudo masks per patch, each mode in its own process:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import report, run_modes, time_train_step  # noqa: E402
+from benchmarks.harness import step_arguments, step_main, time_train_step  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p = step_arguments(__doc__.split("\n\n")[0])
     p.add_argument("--encoder", default="resnet101")
-    p.add_argument("--batch-size", type=int, default=20)
-    p.add_argument("--size", type=int, default=224, help="patch side in pixels")
-    p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per mode")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--modes", default="default,reference")
-    p.add_argument("--compile", action="store_true", help="torch.compile the default path")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.add_argument("--child", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -77,13 +64,7 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.child:
-        print(json.dumps(run_child(args)))
-        return
-    results = run_modes(__file__, sys.argv[1:] if argv is None else argv, args.modes)
-    report(f"train-seg step, DeepLabV3+ {args.encoder} (OS 16), {args.size} px, batch "
-           f"{args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up", results,
-           args.json, {k: v for k, v in vars(args).items() if k not in ("child", "json")})
+    step_main(__file__, args, argv, run_child, f"train-seg step, DeepLabV3+ {args.encoder} (OS 16)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ of its process tree."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -221,3 +222,35 @@ def time_train_step(args: Any, model: Any, groups: list[dict[str, Any]], norm: A
             "precision": "bf16" if step is not None and step.dtype else "fp32",
             "channels_last": channels_last, "machine": machine(str(device)),
             "torch": torch.__version__}
+
+
+def step_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments every training-step benchmark takes (the script adds its network's)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--size", type=int, default=224, help="patch side in pixels")
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per mode")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--modes", default="default,reference")
+    p.add_argument("--compile", action="store_true", help="torch.compile the default path")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="precision of the default path (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--child", default="", help=argparse.SUPPRESS)
+    return p
+
+
+def step_main(script: str, args: argparse.Namespace, argv: list[str] | None,
+              run_child: Callable[[argparse.Namespace], dict[str, object]], title: str) -> None:
+    """A training-step benchmark's entry: as a child, time one mode and print it; else run
+    every mode in its own process and report them."""
+    if args.child:
+        print(json.dumps(run_child(args)))
+        return
+    results = run_modes(script, sys.argv[1:] if argv is None else argv, args.modes)
+    report(f"{title}, {args.size} px, batch {args.batch_size}, {args.steps} timed steps after "
+           f"{args.warmup} warm-up", results, args.json,
+           {k: v for k, v in vars(args).items() if k not in ("child", "json")})
