@@ -26,7 +26,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "histoseg_cli"
 #: Layers from bottom to top; a module may import its own layer and the ones below.
 LAYERS = [
     {"errors", "atomic", "progress", "parallel", "device", "distributed", "figures", "imageio",
-     "morphology", "failures", "provenance", "defaults"},
+     "morphology", "folder_run", "provenance", "defaults"},
     {"data"},
     {"metrics", "slides"},
     {"models"},
@@ -179,3 +179,17 @@ def test_the_command_line_starts_without_heavy_modules():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout.strip()
     assert loaded == ""
+
+
+def _package_sources() -> dict[Path, str]:
+    return {p: p.read_text() for p in PACKAGE.rglob("*.py")}
+
+
+def test_one_manifest_writer_and_one_torch_load():
+    """Folder runs write their manifests through core/folder_run.py; checkpoints and weight
+    files are read by one torch.load (models/checkpoint.py)."""
+    sources = _package_sources()
+    manifests = [p.name for p, text in sources.items() if "MANIFEST = " in text]
+    assert manifests == ["folder_run.py"]
+    loads = [p.name for p, text in sources.items() if "torch.load(" in text]
+    assert loads == ["checkpoint.py"]

@@ -97,7 +97,7 @@ def test_every_input_failing_for_one_reason_is_one_line(tmp_path):
 
 def test_failure_log_holds_one_reason_back_until_something_else_happens(caplog):
     from histoseg_cli.core.errors import InputError
-    from histoseg_cli.core.failures import FailureLog
+    from histoseg_cli.core.folder_run import FailureLog
 
     def err(name: str, why: str) -> InputError:
         return InputError(Path(name), why)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from histoseg_cli.core.atomic import check_writable
+from histoseg_cli.core.folder_run import RunOutcome
 from histoseg_cli.core.defaults import MAGNIFICATION, MIN_TISSUE, THUMBNAIL_SIZE, default_readers
 from histoseg_cli.core.data.datasets import find_layout, find_splits, looked_for
 from histoseg_cli.core.data.layouts import get_dataset
@@ -67,23 +67,13 @@ class TileRequest:
             "masks" if self.masks is not None else "dataset")
 
 
-@dataclass
-class TileOutcome:
-    """What ``tile`` produced: the JSON payload, the output paths, and the failure message
-    when some input failed (the command exits 1 after reporting the rest)."""
-
-    payload: dict[str, Any]
-    paths: list[str]
-    error: str | None = None
-
-
 def _reject(options: dict[str, object], why: str) -> None:
     given = [name for name, value in options.items() if value not in (None, False)]
     if given:
         raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} {why}")
 
 
-def run_tile(req: TileRequest, reporter: Reporter = SILENT) -> TileOutcome:
+def run_tile(req: TileRequest, reporter: Reporter = SILENT) -> RunOutcome:
     """Check the request (inputs first), then run the mode it asks for."""
     if not req.input.exists():
         expected = {"slides": "no such file or folder (expected a slide or a folder of slides)",
@@ -138,7 +128,7 @@ def _folder_mode(req: TileRequest, slide_options: dict[str, object]) -> TileRequ
     return req
 
 
-def _slides(req: TileRequest, reporter: Reporter) -> TileOutcome:
+def _slides(req: TileRequest, reporter: Reporter) -> RunOutcome:
     from histoseg_cli.core.slides.batch import tile_slides  # openslide: only for slides
     from histoseg_cli.core.slides.extract import SlideConfig
     from histoseg_cli.core.slides.resolution import Target
@@ -161,7 +151,7 @@ def _slides(req: TileRequest, reporter: Reporter) -> TileOutcome:
                           workers=req.workers or default_readers(),
                           artifact=req.output if single_file else None)
     ok = [o for o in summary.outcomes if o.status != "failed"]
-    return TileOutcome(summary.as_dict(), [str(o.output) for o in ok],
+    return RunOutcome(summary.as_dict(), [str(o.output) for o in ok],
                        summary.error)
 
 
@@ -180,7 +170,7 @@ def _keep_only_same(req: TileRequest, target: Path, made: Provenance) -> None:
         check_kept([(target, recorded_provenance(target))], made)
 
 
-def _masks(req: TileRequest, config: TileConfig, reporter: Reporter) -> TileOutcome:
+def _masks(req: TileRequest, config: TileConfig, reporter: Reporter) -> RunOutcome:
     assert req.masks is not None
     if not req.classes:
         raise UsageError("--masks needs --classes (class names in mask-value order)")
@@ -193,10 +183,10 @@ def _masks(req: TileRequest, config: TileConfig, reporter: Reporter) -> TileOutc
     summary = tile_masked_images(req.input, req.masks, req.output, names, config,
                                  palette=palette, reporter=reporter,
                                  extra={"provenance": made.as_dict()})
-    return TileOutcome(summary.as_dict(), [str(summary.output)])
+    return RunOutcome(summary.as_dict(), [str(summary.output)])
 
 
-def _dataset(req: TileRequest, config: TileConfig, reporter: Reporter) -> TileOutcome:
+def _dataset(req: TileRequest, config: TileConfig, reporter: Reporter) -> RunOutcome:
     assert req.dataset is not None
     spec = get_dataset(req.dataset)
     splits = find_splits(req.input, spec)
@@ -219,5 +209,5 @@ def _dataset(req: TileRequest, config: TileConfig, reporter: Reporter) -> TileOu
     summaries = [tile_split(s, target, spec, config, reporter,
                             extra={"provenance": provenance.as_dict()})
                  for s, target, provenance in zip(splits, targets, made)]
-    return TileOutcome({"outputs": [s.as_dict() for s in summaries]},
+    return RunOutcome({"outputs": [s.as_dict() for s in summaries]},
                        [str(s.output) for s in summaries])

@@ -139,15 +139,22 @@ def resolve_checkpoint(path_or_run_dir: str | Path, prefer: str = "best") -> Pat
     return path
 
 
+def torch_load(path: Path, not_what: str = "not a PyTorch state dict") -> Any:
+    """The one ``torch.load`` of the package (checkpoints and weight files alike): tensors
+    only, so loading a file runs no code; a file that is not one is ``InputError`` saying
+    ``not_what``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not weights"
+        raise InputError(path, f"{not_what} ({type(err).__name__})") from None
+
+
 def read_checkpoint(path: Path, task: str | None = None) -> dict[str, Any]:
     """The raw checkpoint payload, validated; ``payload["task"]`` is always set. ``task``
     only sharpens the messages (what the caller was expecting)."""
     what = f"histoseg {task} checkpoint" if task else "histoseg checkpoint"
     made_by = TASKS[task].produced_by if task in TASKS else "a histoseg training command"
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise InputError(path, f"not a {what} ({type(err).__name__})") from None
+    payload = torch_load(path, f"not a {what}")
     fmt = payload.get("format") if isinstance(payload, dict) else None
     if fmt in LEGACY_FORMATS:
         payload["task"] = LEGACY_FORMATS[fmt]

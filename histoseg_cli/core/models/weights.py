@@ -19,13 +19,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from histoseg_cli.core.errors import InputError
-from histoseg_cli.core.models.checkpoint import resolve_checkpoint
+from histoseg_cli.core.models.checkpoint import resolve_checkpoint, torch_load
 
 log = logging.getLogger("histoseg")
 
@@ -44,14 +43,6 @@ class WeightReport:
     def describe(self) -> str:
         return (f"{len(self.matched)} tensors matched, {len(self.missing)} missing, "
                 f"{len(self.unexpected)} unexpected, from {self.source}")
-
-
-def torch_load(path: Path) -> Any:
-    """``torch.load`` of a histoseg or weights file, tensors only (no code runs)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not weights"
-        raise InputError(path, f"not a PyTorch state dict ({type(err).__name__})") from None
 
 
 def read_weights(path: str | Path, mxnet: Callable[[Path], State] | None = None) -> State:

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from histoseg_cli.core.atomic import check_writable, write_csv_atomic
+from histoseg_cli.core.atomic import check_writable
 from histoseg_cli.core.distributed import DistContext
 from histoseg_cli.core.errors import HistosegError, InputError, UsageError
-from histoseg_cli.core.failures import FailureLog
+from histoseg_cli.core.folder_run import MANIFEST, FailureLog, RunOutcome, write_manifest
 from histoseg_cli.core.imageio import list_images
 from histoseg_cli.core.predict.images import ImageTargets, predict_image_file
 from histoseg_cli.core.predict.inputs import ARTIFACT_SUFFIXES, input_mode, slides_in
@@ -41,7 +41,6 @@ from histoseg_cli.core.slides.tiler import StripReader
 
 log = logging.getLogger("histoseg")
 
-MANIFEST = "manifest.csv"
 MANIFEST_FIELDS = ("input", "status", "output", "tiles", "seconds", "tiles_per_s", "error")
 
 
@@ -60,16 +59,6 @@ class PredictRequest:
     workers: int = 1
     geojson: bool = False
     overwrite: bool = False
-
-
-@dataclass
-class PredictOutcome:
-    """The JSON payload, the output paths, and the failure message when some input failed."""
-
-    payload: dict[str, Any]
-    paths: list[str]
-    error: str = ""
-    main: bool = True  # False on torchrun ranks > 0: rank 0 reports for all
 
 
 @dataclass
@@ -166,7 +155,7 @@ def check_output(req: PredictRequest, mode: str) -> None:
 
 
 def run_predict(req: PredictRequest, device: str = "auto", reporter: Reporter = SILENT
-                ) -> PredictOutcome:
+                ) -> RunOutcome:
     """Check the input, load the networks, predict, and say what was written."""
     mode = input_mode(req.input)
     check_output(req, mode)
@@ -196,14 +185,14 @@ def run_predict(req: PredictRequest, device: str = "auto", reporter: Reporter = 
                       if kept else predict_artifact(req.input, out, predictor, reporter)) \
                 if ctx.is_main else {}
             ctx.barrier()
-            return PredictOutcome({"inputs": [result]}, [str(out)], main=ctx.is_main)
+            return RunOutcome({"inputs": [result]}, [str(out)], main=ctx.is_main)
         return _run_jobs(req, mode, predictor, ctx, reporter)
     finally:
         ctx.close()
 
 
 def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistContext,
-              reporter: Reporter) -> PredictOutcome:
+              reporter: Reporter) -> RunOutcome:
     jobs = plan_jobs(req, mode)
     if not jobs:
         raise InputError(req.input, "holds no images or slides to predict")
@@ -247,11 +236,11 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
             _run_one(job, prepared, predictor, strips, stride, progress, failures)
             bar.remove_task(task)
             if manifest is not None and not ctx.distributed:
-                write_manifest(manifest, jobs)
+                _write_manifest(manifest, jobs)
     all_jobs = _gather(mine, jobs, ctx)
     seconds = time.perf_counter() - started
     if manifest is not None and ctx.is_main:
-        write_manifest(manifest, all_jobs)
+        _write_manifest(manifest, all_jobs)
     if ctx.distributed:  # each rank logs its own failures; the closing line counts all
         failures.release()
         failures = FailureLog.counted(len(all_jobs), [(j.input, j.error) for j in all_jobs
@@ -265,7 +254,7 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
     if manifest is not None:
         payload["manifest"] = str(manifest)
     paths = [str(j.result["output"]) for j in all_jobs if j.status != "failed"]
-    return PredictOutcome(payload, paths, failures.closing_message(manifest) or "", ctx.is_main)
+    return RunOutcome(payload, paths, failures.closing_message(manifest) or "", ctx.is_main)
 
 
 def _run_one(job: Job, prepared: Future[PreparedSlide | None], predictor: Predictor,
@@ -305,8 +294,8 @@ def _gather(mine: list[Job], jobs: list[Job], ctx: DistContext) -> list[Job]:
     return [merged.get(str(j.input), j) for j in jobs]
 
 
-def write_manifest(path: Path, jobs: list[Job]) -> Path:
-    return write_csv_atomic(path, MANIFEST_FIELDS, (job.row() for job in jobs))
+def _write_manifest(path: Path, jobs: list[Job]) -> Path:
+    return write_manifest(path, MANIFEST_FIELDS, (job.row() for job in jobs))
 
 
 def summary_table(jobs: list[Job], seconds: float) -> Table:

@@ -20,9 +20,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from histoseg_cli.core.data.reader import Artifact, recorded_provenance
-from histoseg_cli.core.atomic import write_csv_atomic
 from histoseg_cli.core.errors import HistosegError, InputError
-from histoseg_cli.core.failures import FailureLog
+from histoseg_cli.core.folder_run import MANIFEST, FailureLog, write_manifest
 from histoseg_cli.core.provenance import check_kept
 from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.parallel import ordered_futures
@@ -33,7 +32,6 @@ from histoseg_cli.core.slides.tiler import StripReader, load_strip
 
 log = logging.getLogger("histoseg")
 
-MANIFEST = "manifest.csv"
 PREVIEW_SUFFIX = ".thumbnail.png"
 MANIFEST_FIELDS = ("slide", "status", "output", "thumbnail", "patches", "grid_tiles", "mpp",
                    "magnification", "level", "level_downsample", "source_mpp", "source_mpp_from",
@@ -78,7 +76,7 @@ class BatchSummary:
     manifest: Path
     seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
-    error: str | None = None  # the closing line when some slide failed
+    error: str = ""  # the closing line when some slide failed
 
     @property
     def failed(self) -> list[SlideOutcome]:
@@ -147,8 +145,8 @@ def is_complete(artifact: Path) -> int | None:
         return None
 
 
-def write_manifest(path: Path, outcomes: Iterable[SlideOutcome]) -> Path:
-    return write_csv_atomic(path, MANIFEST_FIELDS, (o.row() for o in outcomes))
+def _write_manifest(path: Path, outcomes: Iterable[SlideOutcome]) -> Path:
+    return write_manifest(path, MANIFEST_FIELDS, (o.row() for o in outcomes))
 
 
 def _describe_failure(slide: Path, err: BaseException) -> str:
@@ -237,7 +235,7 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
                              result.tiles_per_s)
                     current = None
                 bar.update(overall, description=f"all slides ({len(done)}/{len(slides)})")
-                write_manifest(manifest, outcomes())
+                _write_manifest(manifest, outcomes())
             elif current is not None:  # a strip of the current slide (a failed one's: dropped)
                 try:
                     try:
@@ -258,16 +256,16 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
                     current.abort()
                     fail(current.index, err)
                     current = None
-                    write_manifest(manifest, outcomes())
+                    _write_manifest(manifest, outcomes())
         tiles = next(t.completed for t in bar.tasks if t.id == overall)
         bar.update(overall, description=f"all slides ({len(slides)}/{len(slides)})",
                    total=tiles)
-    write_manifest(manifest, outcomes())
+    _write_manifest(manifest, outcomes())
     counts = {s: sum(o.status == s for o in done.values()) for s in ("done", "skipped", "failed")}
     summary = BatchSummary(outcomes(), manifest, time.perf_counter() - start, counts)
     if reporter.enabled and not failures.all_one_reason:  # else the closing line says it all
         reporter.console.print(summary_table(summary))
-    summary.error = failures.closing_message(manifest)
+    summary.error = failures.closing_message(manifest) or ""
     return summary
 
 

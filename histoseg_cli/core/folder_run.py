@@ -1,4 +1,6 @@
-"""How a folder run reports the inputs that failed.
+"""What every folder run (tile, predict, any later folder command) reports, one way: the
+manifest (one CSV row per input, rewritten atomically as inputs finish), the outcome handed
+to the command (payload, output paths, the closing error line), and the failures.
 
 Each failure is logged as it happens, except while every input so far has failed for one and
 the same reason: those are held back, because a folder in which everything fails for one
@@ -9,11 +11,37 @@ instead of once per input. The first success or a second reason releases them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from histoseg_cli.core.atomic import write_csv_atomic
 from histoseg_cli.core.errors import InputError
 
 log = logging.getLogger("histoseg")
+
+#: The manifest's file name inside a folder run's output folder.
+MANIFEST = "manifest.csv"
+
+
+def write_manifest(path: Path, fields: Sequence[str], rows: Iterable[Mapping[str, object]]
+                   ) -> Path:
+    """The manifest at ``path``: one row per input (status, output, figures, error),
+    replaced atomically so it is current and whole even if the run is killed."""
+    return write_csv_atomic(path, fields, rows)
+
+
+@dataclass
+class RunOutcome:
+    """What a run hands its command: the JSON payload, the output paths for stdout, the
+    closing error line when some input failed (the command exits 1 after printing the rest),
+    and whether this process speaks for the run (false on torchrun ranks > 0)."""
+
+    payload: dict[str, Any]
+    paths: list[str]
+    error: str = ""
+    main: bool = True
 
 
 def failure_reason(input: Path, message: str, err: BaseException | None = None) -> str:
