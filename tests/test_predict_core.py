@@ -164,3 +164,27 @@ def test_overlay_and_areas():
     assert rows[0] == {"class": "a", "pixels": 3, "area_mm2": 3 * 0.25 / 1e6,
                        "fraction_of_tissue": 0.75}
     assert class_areas(np.array([3, 1, 4]), ["a", "b"], mpp=None)[1]["area_mm2"] is None
+
+
+def test_cohort_summary_rows_fractions_and_ratios(tmp_path):
+    from histoseg_cli.core.predict.cohort import (read_areas, summary_fields, summary_row,
+                                                  write_summary)
+    from histoseg_cli.core.predict.outputs import class_areas, write_areas_csv
+
+    names = ["TE", "NEC", "LYM", "TAS"]
+    counts = np.array([300, 0, 100, 100, 500])  # pixels per class, then background
+    write_areas_csv(tmp_path / "a.areas.csv", class_areas(counts, names, mpp=1.0))
+    areas = read_areas(tmp_path / "a.areas.csv")
+    row = summary_row(tmp_path / "a.svs", "done", areas, names)
+    assert row["tissue_mm2"] == pytest.approx(500e-6)
+    assert row["TE_fraction"] == pytest.approx(0.6) and row["NEC_fraction"] == 0
+    assert row["tumour_stroma_ratio"] == pytest.approx(300 / 400)
+    assert row["lymphocyte_tumour_ratio"] == pytest.approx(100 / 400)
+    failed = summary_row(tmp_path / "b.svs", "failed", None, names, "corrupt")
+    assert "tissue_mm2" not in failed and failed["error"] == "corrupt"
+    assert "tumour_stroma_ratio" not in summary_fields(["gland", "non-gland"])
+    palette = np.array([[200, 0, 0], [0, 200, 0], [0, 0, 200], [200, 200, 0], [255] * 3])
+    table, figure = write_summary(tmp_path, [row, failed], names, palette)
+    lines = table.read_text().splitlines()
+    assert lines[0].startswith("slide,status,tissue_mm2,TE_mm2") and len(lines) == 3
+    assert figure.stat().st_size > 1000

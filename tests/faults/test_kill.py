@@ -10,6 +10,7 @@ complete and equal the reference's.
 
 from __future__ import annotations
 
+import csv
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,6 +144,13 @@ def test_predict_slide_folder_killed_and_its_workers_end(pipe: dict[str, Path],
     orphans = chain(lambda: [*args, "-o", out], tmp_path, duration, check)
     _assert_end(orphans)
     assert (out / "a.h5").exists() and (out / "b.h5").exists()
+    # the cohort summary after kills and resumes equals the uninterrupted run's
+    def summary(folder: Path) -> list[tuple]:
+        rows = csv.DictReader(open(folder / "summary.csv"))
+        return [(Path(r["slide"]).name, r["tissue_mm2"], r["NEC_fraction"]) for r in rows]
+
+    assert summary(out) == summary(tmp_path / "ref") and len(summary(out)) == 2
+    assert (out / "summary.png").is_file()
 
 
 # ------------------------------------------------------------------------- tile

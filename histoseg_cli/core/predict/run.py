@@ -25,6 +25,7 @@ from histoseg_cli.core.distributed import DistContext
 from histoseg_cli.core.errors import HistosegError, InputError, UsageError
 from histoseg_cli.core.folder_run import MANIFEST, FailureLog, RunOutcome, write_manifest
 from histoseg_cli.core.imageio import list_images
+from histoseg_cli.core.predict.cohort import read_areas, summary_row, write_summary
 from histoseg_cli.core.predict.images import ImageTargets, predict_image_file
 from histoseg_cli.core.predict.inputs import ARTIFACT_SUFFIXES, input_mode, slides_in
 from histoseg_cli.core.predict.patches import predict_artifact
@@ -237,10 +238,15 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
             bar.remove_task(task)
             if manifest is not None and not ctx.distributed:
                 _write_manifest(manifest, jobs)
+                if mode == "slides":
+                    _summarise(jobs, req.output, predictor)
     all_jobs = _gather(mine, jobs, ctx)
     seconds = time.perf_counter() - started
+    summary: list[Path] = []
     if manifest is not None and ctx.is_main:
         _write_manifest(manifest, all_jobs)
+        if mode == "slides":
+            summary = _summarise(all_jobs, req.output, predictor)
     if ctx.distributed:  # each rank logs its own failures; the closing line counts all
         failures.release()
         failures = FailureLog.counted(len(all_jobs), [(j.input, j.error) for j in all_jobs
@@ -253,6 +259,8 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
                                "seconds": round(seconds, 3)}
     if manifest is not None:
         payload["manifest"] = str(manifest)
+    if summary:
+        payload["summary"] = [str(p) for p in summary]
     paths = [str(j.result["output"]) for j in all_jobs if j.status != "failed"]
     return RunOutcome(payload, paths, failures.closing_message(manifest) or "", ctx.is_main)
 
@@ -283,6 +291,17 @@ def _run_one(job: Job, prepared: Future[PreparedSlide | None], predictor: Predic
             f"{job.input}: {type(err).__name__}: {err}")
         failures.failure(job.input, job.error, err)
         log.debug("details", exc_info=True)
+
+
+def _summarise(jobs: list[Job], folder: Path, predictor: Predictor) -> list[Path]:
+    """The cohort summary of a folder of slides, from each finished slide's area table."""
+    rows = []
+    for job in jobs:
+        areas_csv = getattr(job.targets, "areas", None)
+        done = job.status in ("done", "skipped") and areas_csv is not None and areas_csv.is_file()
+        rows.append(summary_row(job.input, job.status, read_areas(areas_csv) if done else None,
+                                predictor.class_names, job.error))
+    return write_summary(folder, rows, predictor.class_names, predictor.palette)
 
 
 def _gather(mine: list[Job], jobs: list[Job], ctx: DistContext) -> list[Job]:
