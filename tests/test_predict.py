@@ -200,3 +200,32 @@ def test_torchrun_splits_a_folder_across_ranks(models: dict[str, Path], tmp_path
     assert [Path(r["input"]).name for r in rows] == ["im0.png", "im1.png", "im2.png"]
     assert all(r["status"] == "done" for r in rows)
     assert sorted(p.name for p in out.glob("*.png")) == ["im0.png", "im1.png", "im2.png"]
+
+
+@pytest.mark.slow
+def test_shards_of_a_slide_folder_merge_into_one_manifest_and_summary(
+        models: dict[str, Path], tmp_path: Path):
+    """Two array jobs (--shard 0/2, 1/2) over three slides: each writes its shard manifest
+    and merges what it finds; after both, manifest.csv and summary.csv cover the cohort."""
+    images = real_tissue_images(limit=2)
+    for name in ("a", "b", "c"):
+        build_pyramid_tiff(tmp_path / "in" / f"{name}.tiff", 800, 600, 0.5,
+                           min_level_side=256, images=images)
+    out = tmp_path / "out"
+    base = [models["seg"], tmp_path / "in", "-o", out, "--mpp", 1.0, "--device", "cpu", "-q"]
+    assert run(*base, "--shard", "1/2")[0] == 0  # takes b
+    merged = {Path(r["input"]).name: r["status"] for r in csv.DictReader(open(out / "manifest.csv"))}
+    assert merged == {"a.tiff": "pending", "b.tiff": "done", "c.tiff": "pending"}
+    assert run(*base, "--shard", "0/2")[0] == 0  # takes a and c, then merges all
+    merged = {Path(r["input"]).name: r["status"] for r in csv.DictReader(open(out / "manifest.csv"))}
+    assert merged == {"a.tiff": "done", "b.tiff": "done", "c.tiff": "done"}
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert [Path(r["slide"]).name for r in summary] == ["a.tiff", "b.tiff", "c.tiff"]
+    assert all(float(r["tissue_mm2"]) > 0 for r in summary)
+    shards = sorted(p.name for p in out.glob("manifest.shard-*"))
+    assert shards == ["manifest.shard-0-of-2.csv", "manifest.shard-1-of-2.csv"]
+    # a shard spec out of range is a usage error; another model is refused before any work
+    code, _, err = run(*base, "--shard", "2/2")
+    assert code == 2 and "--shard" in err
+    code, _, err = run(*base, "--no-gate", "--shard", "1/2", "--overwrite")
+    assert code == 1 and "different models or settings" in err

@@ -46,6 +46,11 @@ def predict(
         rich_help_panel=SLIDES)] = False,
     workers: ReaderWorkers = None,
     overwrite: Overwrite = False,
+    shard: Annotated[str | None, typer.Option(
+        "--shard", help="K/N: this process is array job K of N over the same folder (K from 0 "
+        "to N-1, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); each merges the shards' "
+        "manifests into manifest.csv and summary.csv when it ends.", rich_help_panel=RUN,
+        show_default=False)] = None,
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="INPUT is a patch-dataset folder of this layout (imported beside "
         "-o first).", rich_help_panel=RUN, show_default=False)] = None,
@@ -78,6 +83,7 @@ def predict(
     from histoseg_cli.core.inference.gate import GateConfig
     from histoseg_cli.core.predict.predictor import PredictConfig
     from histoseg_cli.core.predict.run import PredictRequest, run_predict
+    from histoseg_cli.core.predict.shards import Shard
     from histoseg_cli.core.slides.extract import SlideConfig
     from histoseg_cli.core.slides.resolution import Target
 
@@ -99,7 +105,7 @@ def predict(
             **{k: v for k, v in (("min_tissue", min_tissue), ("thumbnail_size", thumbnail_size))
                if v is not None}),
         stride=stride, workers=workers or default_readers(), geojson=geojson,
-        overwrite=overwrite),
+        overwrite=overwrite, shard=Shard.parse(shard) if shard is not None else None),
         device=device, reporter=out.reporter)
     if outcome.main:
         out.result(outcome.payload, paths=outcome.paths)

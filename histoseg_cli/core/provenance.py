@@ -62,6 +62,10 @@ class Provenance:
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), sort_keys=True, default=str)
 
+    def key(self) -> str:
+        """A short digest: equal for outputs made the same way (manifests record it)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
     def differences(self, recorded: dict[str, Any] | None) -> list[str]:
         """What differs between ``recorded`` (read from an output) and this, in words; empty
         when the output was made the same way."""

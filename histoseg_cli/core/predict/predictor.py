@@ -171,7 +171,8 @@ class Predictor:
                                            else resolve_checkpoint(segmenter)),
                   "classifier": None if classifier is None
                   else file_sha256(resolve_checkpoint(classifier))}
-        gate = {"gate": self.gate_source, "gate_threshold": self.card.gate_threshold}
+        gate = {"gate": self.gate_source, "gate_threshold": self.card.gate_threshold,
+                "gate_enabled": self.config.gate.enabled}
         return Provenance("predict", models, {**gate, "precision": "bf16" if dtype else "fp32",
                                               **settings})
 

@@ -30,6 +30,7 @@ from histoseg_cli.core.predict.images import ImageTargets, predict_image_file
 from histoseg_cli.core.predict.inputs import ARTIFACT_SUFFIXES, input_mode, slides_in
 from histoseg_cli.core.predict.patches import predict_artifact
 from histoseg_cli.core.predict.predictor import PredictConfig, Predictor
+from histoseg_cli.core.predict.shards import Shard, read_shard_rows
 from histoseg_cli.core.predict.slides import SlideTargets, predict_slide
 from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.provenance import check_kept
@@ -42,7 +43,8 @@ from histoseg_cli.core.slides.tiler import StripReader
 
 log = logging.getLogger("histoseg")
 
-MANIFEST_FIELDS = ("input", "status", "output", "tiles", "seconds", "tiles_per_s", "error")
+MANIFEST_FIELDS = ("input", "status", "output", "tiles", "seconds", "tiles_per_s", "made_by",
+                   "error")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class PredictRequest:
     workers: int = 1
     geojson: bool = False
     overwrite: bool = False
+    shard: Shard | None = None  # one of N array jobs over the same folder
 
 
 @dataclass
@@ -72,12 +75,20 @@ class Job:
     result: dict[str, Any] = field(default_factory=dict)
     error: str = ""
 
-    def row(self) -> dict[str, object]:
+    def row(self, made_by: str = "") -> dict[str, object]:
         r = self.result
         return {"input": self.input, "status": self.status,
                 "output": r.get("output", "") if self.status != "failed" else "",
                 "tiles": r.get("tiles", ""), "seconds": r.get("seconds", ""),
-                "tiles_per_s": r.get("tiles_per_s", ""), "error": self.error}
+                "tiles_per_s": r.get("tiles_per_s", ""),
+                "made_by": made_by if self.status in ("done", "skipped") else "",
+                "error": self.error}
+
+    def from_row(self, row: dict[str, str]) -> Job:
+        """This job as a manifest row (another shard's) reports it."""
+        result = {k: row[k] for k in ("output", "tiles", "seconds", "tiles_per_s") if row.get(k)}
+        return replace(self, status=row.get("status") or "pending", result=result,
+                       error=row.get("error", ""))
 
 
 def _folder_output(req: PredictRequest) -> Path:
@@ -194,15 +205,21 @@ def run_predict(req: PredictRequest, device: str = "auto", reporter: Reporter = 
 
 def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistContext,
               reporter: Reporter) -> RunOutcome:
-    jobs = plan_jobs(req, mode)
-    if not jobs:
+    planned = plan_jobs(req, mode)
+    if not planned:
         raise InputError(req.input, "holds no images or slides to predict")
+    jobs = req.shard.take(planned) if req.shard else planned
     started = time.perf_counter()
     mine = jobs[ctx.rank::ctx.world_size]
     if not ctx.is_main:
         reporter = SILENT  # one set of progress bars: rank 0's
     folder = mode in ("images", "slides")
-    manifest = req.output / MANIFEST if folder else None
+    made_by = predictor.provenance.key() if predictor.provenance else ""
+    manifest = (req.output / (req.shard.manifest_name if req.shard else MANIFEST)
+                if folder else None)
+    if req.shard is not None and manifest is not None:  # other shards made the same way?
+        read_shard_rows([p for p in req.shard.manifests(req.output) if p != manifest],
+                        made_by, manifest)
     slides = mode in ("slide", "slides")
     config = slide_config(req, predictor) if slides else None
     stride = req.stride or max(1, predictor.patch_size // 2)
@@ -237,16 +254,22 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
             _run_one(job, prepared, predictor, strips, stride, progress, failures)
             bar.remove_task(task)
             if manifest is not None and not ctx.distributed:
-                _write_manifest(manifest, jobs)
-                if mode == "slides":
+                _write_manifest(manifest, jobs, made_by)
+                if mode == "slides" and req.shard is None:
                     _summarise(jobs, req.output, predictor)
     all_jobs = _gather(mine, jobs, ctx)
     seconds = time.perf_counter() - started
     summary: list[Path] = []
     if manifest is not None and ctx.is_main:
-        _write_manifest(manifest, all_jobs)
+        _write_manifest(manifest, all_jobs, made_by)
+        cohort = all_jobs
+        if req.shard is not None:  # merge every shard's manifest found so far
+            reported = read_shard_rows(req.shard.manifests(req.output), made_by, manifest)
+            cohort = [job.from_row(reported[str(job.input)]) if str(job.input) in reported
+                      else job for job in planned]
+            _write_manifest(req.output / MANIFEST, cohort, made_by)
         if mode == "slides":
-            summary = _summarise(all_jobs, req.output, predictor)
+            summary = _summarise(cohort, req.output, predictor)
     if ctx.distributed:  # each rank logs its own failures; the closing line counts all
         failures.release()
         failures = FailureLog.counted(len(all_jobs), [(j.input, j.error) for j in all_jobs
@@ -313,8 +336,8 @@ def _gather(mine: list[Job], jobs: list[Job], ctx: DistContext) -> list[Job]:
     return [merged.get(str(j.input), j) for j in jobs]
 
 
-def _write_manifest(path: Path, jobs: list[Job]) -> Path:
-    return write_manifest(path, MANIFEST_FIELDS, (job.row() for job in jobs))
+def _write_manifest(path: Path, jobs: list[Job], made_by: str) -> Path:
+    return write_manifest(path, MANIFEST_FIELDS, (job.row(made_by) for job in jobs))
 
 
 def summary_table(jobs: list[Job], seconds: float) -> Table:
