@@ -229,3 +229,35 @@ def test_shards_of_a_slide_folder_merge_into_one_manifest_and_summary(
     assert code == 2 and "--shard" in err
     code, _, err = run(*base, "--no-gate", "--shard", "1/2", "--overwrite")
     assert code == 1 and "different models or settings" in err
+
+
+@pytest.mark.slow
+def test_labels_tiff_opens_in_openslide_and_equals_the_map(models: dict[str, Path],
+                                                           tmp_path: Path):
+    import openslide
+    import tifffile
+
+    slide = build_pyramid_tiff(tmp_path / "in" / "s.tiff", 1600, 1200, 0.5,
+                               images=real_tissue_images(limit=4))
+    out = tmp_path / "out"
+    code, _, err = run(models["seg"], tmp_path / "in", "-o", out, "--mpp", 2.0, "--device",
+                       "cpu", "--labels-tiff", "-q")
+    assert code == 0, err
+    with Artifact(out / "s.h5") as art:
+        labels = art.file["slide/labels"][:]
+        palette = art.meta.resolved_palette()
+    with tifffile.TiffFile(out / "s.labels.tif") as tif:
+        pages = tif.pages
+        assert np.array_equal(pages[0].asarray(), labels)  # the indices, unchanged
+        assert pages[0].is_tiled and pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE
+        assert [p.shape for p in pages][:2] == [labels.shape, tuple(-(-s // 2) for s in
+                                                                   labels.shape)]
+        assert np.array_equal(pages[1].asarray(), labels[::2, ::2])  # nearest, never blended
+    viewer = openslide.OpenSlide(out / "s.labels.tif")
+    assert float(viewer.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(2.0)
+    source = openslide.OpenSlide(slide)
+    # the same physical size as the slide (within one map pixel)
+    width_um = viewer.dimensions[0] * 2.0
+    assert abs(width_um - source.dimensions[0] * 0.5) <= 2.0
+    region = np.asarray(viewer.read_region((0, 0), 0, viewer.dimensions).convert("RGB"))
+    assert np.array_equal(region, palette[labels][..., :3])  # colours from the palette

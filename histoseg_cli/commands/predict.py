@@ -44,6 +44,10 @@ def predict(
     geojson: Annotated[bool, typer.Option(
         "--geojson", help="Also write class polygons (GeoJSON for QuPath) per slide.",
         rich_help_panel=SLIDES)] = False,
+    labels_tiff: Annotated[bool, typer.Option(
+        "--labels-tiff", help="Also write the label map as a tiled pyramidal TIFF with the class "
+        "colours and the resolution recorded (NAME.labels.tif; opens in QuPath, ASAP, "
+        "OpenSlide) per slide.", rich_help_panel=SLIDES)] = False,
     workers: ReaderWorkers = None,
     overwrite: Overwrite = False,
     shard: Annotated[str | None, typer.Option(
@@ -105,6 +109,7 @@ def predict(
             **{k: v for k, v in (("min_tissue", min_tissue), ("thumbnail_size", thumbnail_size))
                if v is not None}),
         stride=stride, workers=workers or default_readers(), geojson=geojson,
+        labels_tiff=labels_tiff,
         overwrite=overwrite, shard=Shard.parse(shard) if shard is not None else None),
         device=device, reporter=out.reporter)
     if outcome.main:

@@ -61,6 +61,7 @@ class PredictRequest:
     stride: int | None = None  # None: half a window for images, a window for slides
     workers: int = 1
     geojson: bool = False
+    labels_tiff: bool = False  # slides: the label map as a pyramidal TIFF for slide viewers
     overwrite: bool = False
     shard: Shard | None = None  # one of N array jobs over the same folder
 
@@ -112,10 +113,10 @@ def plan_jobs(req: PredictRequest, mode: str) -> list[Job]:
         out = _folder_output(req)
         return [Job(p, ImageTargets.in_folder(p, out)) for p in list_images(req.input)]
     if mode == "slide" and req.output.suffix.lower() in ARTIFACT_SUFFIXES:
-        return [Job(req.input, SlideTargets(req.output, req.geojson))]
+        return [Job(req.input, SlideTargets(req.output, req.geojson, req.labels_tiff))]
     out = req.output if mode == "slide" else _folder_output(req)
     slides = [req.input] if mode == "slide" else slides_in(req.input, exclude=out)
-    return [Job(s, SlideTargets(a, req.geojson))
+    return [Job(s, SlideTargets(a, req.geojson, req.labels_tiff))
             for s, (a, _) in zip(slides, output_paths(slides, req.input, out))]
 
 

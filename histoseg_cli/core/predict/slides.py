@@ -28,6 +28,7 @@ from histoseg_cli.core.data.writer import ArtifactWriter, ItemSpec
 from histoseg_cli.core.inference.stitch import BandStitcher, CountSink, DownsampledSink, RowSink
 from histoseg_cli.core.parallel import lagged
 from histoseg_cli.core.predict.geojson import label_features, write_geojson
+from histoseg_cli.core.predict.label_tiff import write_label_tiff
 from histoseg_cli.core.predict.outputs import class_areas, save_overlay, write_areas_csv
 from histoseg_cli.core.predict.predictor import HostOutput, Predictor
 from histoseg_cli.core.slides.extract import PreparedSlide, TilePlan
@@ -46,6 +47,7 @@ class SlideTargets:
 
     artifact: Path
     geojson: bool = False
+    labels_tiff: bool = False
 
     def _beside(self, suffix: str) -> Path:
         return self.artifact.with_name(self.artifact.name.removesuffix(".h5") + suffix)
@@ -63,12 +65,17 @@ class SlideTargets:
         return self._beside(".geojson")
 
     @property
+    def label_tiff(self) -> Path:
+        return self._beside(".labels.tif")
+
+    @property
     def output(self) -> Path:
         return self.artifact
 
     def files(self) -> list[Path]:
-        return [self.artifact, self.overlay, self.areas] + ([self.polygons] if self.geojson
-                                                           else [])
+        return [self.artifact, self.overlay, self.areas, *([self.polygons] if self.geojson
+                                                             else []),
+                *([self.label_tiff] if self.labels_tiff else [])]
 
     def complete(self) -> bool:
         return all(p.is_file() for p in self.files())
@@ -226,8 +233,12 @@ def predict_slide(slide: PreparedSlide, targets: SlideTargets, predictor: Predic
                 scale = (grid.width / w * res.downsample, grid.height / h * res.downsample)
                 write_geojson(targets.polygons, label_features(
                     polygons.labels, predictor.class_names, predictor.palette, scale))
+    if targets.labels_tiff:  # from the finished artifact, tile row by tile row
+        write_label_tiff(targets.artifact, MAP_DATASET, targets.label_tiff, predictor.palette,
+                         res.mpp)
     seconds = time.perf_counter() - start
     return {"input": str(path), "output": str(targets.artifact),
+            "labels_tiff": str(targets.label_tiff) if targets.labels_tiff else None,
             "overlay": str(targets.overlay), "areas_csv": str(targets.areas),
             "geojson": str(targets.polygons) if targets.geojson else None,
             "tiles": len(tiles), "seconds": round(seconds, 3),
