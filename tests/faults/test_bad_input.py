@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from conftest import write_patches
 from harness import build_pipeline
 from histoseg_cli.app import app
+from histoseg_cli.core.data.demo import DemoConfig, write_demo_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +91,8 @@ CASES = {
         ("encoder", "train-seg {art}/train.h5 {pm} -o {tmp}/out --encoder nope -j 0", 2,
          "nope"),
         ("empty-folder", "train-seg {empty} {pm} -o {tmp}/out {seg_opts}", 1, "empty"),
+        ("other-dataset-folder", "train-seg {other_folder} {pm} -o {tmp}/out {seg_opts}", 1,
+         "pm.h5"),
     ],
     "predict": [
         ("missing-segmenter", "predict {tmp}/nope {art}/test.h5 -o {tmp}/p.h5", 1, "nope"),
@@ -179,6 +182,9 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (bad / "notes.txt").write_text("not data\n")
     (bad / "afile").write_text("a file where a folder would go\n")
     write_patches(bad / "other.h5", n=12, size=32)  # classes c0..c3, not the demo's
+    # another demo dataset: imported fine, but not what the pseudo masks were made from
+    write_demo_dataset(bad / "other-demo", DemoConfig(patch_size=32, train=30, val=2, test=2,
+                                                       seed=7))
     made = _made(pipe, root / "made")
     return {
         **{k: str(v) for k, v in pipe.items()},
@@ -186,6 +192,7 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "trunc_h5": str(bad / "trunc.h5"), "trunc_pt": str(bad / "trunc.pt"),
         "foreign": str(bad / "foreign.h5"), "notes": str(bad / "notes.txt"),
         "afile": str(bad / "afile"), "other": str(bad / "other.h5"), **made,
+        "other_folder": str(bad / "other-demo"),
         "cls_opts": "--backbone resnet18 --epochs 1 -b 10 -j 0",
         "seg_opts": "--encoder resnet18 --epochs 1 -b 10 -j 0",
     }
