@@ -4,7 +4,7 @@ hand) and ``summary.png`` (class fractions per slide as stacked bars).
 
 Rows come from each slide's own area table (``*.areas.csv``), so a resumed run, a run whose
 slides were skipped as complete, and the merge of torchrun ranks all give the same summary.
-Both files are rewritten atomically whenever a slide finishes: usable mid-run.
+Both files are rewritten atomically as slides finish (the caller paces it): usable mid-run.
 """
 
 from __future__ import annotations

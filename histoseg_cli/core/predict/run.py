@@ -43,6 +43,8 @@ from histoseg_cli.core.slides.tiler import StripReader
 
 log = logging.getLogger("histoseg")
 
+#: Seconds between mid-run rewrites of a slide folder's cohort summary (the end always writes).
+SUMMARY_EVERY = 30.0
 MANIFEST_FIELDS = ("input", "status", "output", "tiles", "seconds", "tiles_per_s", "made_by",
                    "error")
 
@@ -235,6 +237,7 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
             log.info("%s: outputs complete, skipped (--overwrite redoes them)", job.input.name)
             failures.success()
     todo = [job for job in mine if job.status == "pending"]
+    summarised = 0.0  # when the cohort summary was last rewritten mid-run
 
     def prepare(job: Job) -> PreparedSlide | None:
         return prepare_slide(job.input, config, preview=False) if config else None
@@ -256,8 +259,12 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
             bar.remove_task(task)
             if manifest is not None and not ctx.distributed:
                 _write_manifest(manifest, jobs, made_by)
-                if mode == "slides" and req.shard is None:
+                # mid-run summaries at most every SUMMARY_EVERY s: a large cohort would spend
+                # longer rereading area tables and drawing than predicting
+                if (mode == "slides" and req.shard is None
+                        and time.perf_counter() - summarised >= SUMMARY_EVERY):
                     _summarise(jobs, req.output, predictor)
+                    summarised = time.perf_counter()
     all_jobs = _gather(mine, jobs, ctx)
     seconds = time.perf_counter() - started
     summary: list[Path] = []
