@@ -63,7 +63,7 @@ def predict(
                                             help="Windows per forward pass.",
                                             rich_help_panel=RUN)] = 16,
     precision: Precision = "auto",
-    compile: Compile = False,
+    compile_: Compile = False,
     *,
     out: Output,
 ) -> None:
@@ -100,7 +100,7 @@ def predict(
     target = None
     if mpp is not None or magnification is not None:
         target = Target(mpp=mpp, magnification=magnification)
-    config = PredictConfig(batch_size=batch_size, precision=precision, compile=compile,
+    config = PredictConfig(batch_size=batch_size, precision=precision, compile=compile_,
                            gate=GateConfig(gate_threshold, enabled=not no_gate))
     outcome = run_predict(PredictRequest(
         segmenter=segmenter, input=input, output=output, classifier=classifier, config=config,

@@ -9,23 +9,7 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.commands.options import (
-    OPTIM,
-    OUTPUT,
-    BatchSize,
-    ChannelsLast,
-    Compile,
-    Deterministic,
-    Device,
-    Momentum,
-    OverwriteRun,
-    PolyPower,
-    Precision,
-    Resume,
-    Seed,
-    WeightDecay,
-    LoaderWorkers,
-)
+from histoseg_cli.commands import options as opt
 from histoseg_cli.core.data.layouts import DATASETS
 
 #: Shown in --help without importing torch; tests check it lists every registered backbone.
@@ -44,7 +28,7 @@ def train_cls(
                                          "(layout detected, or --dataset).",
                                          show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory to write.",
-                                         show_default=False, rich_help_panel=OUTPUT)],
+                                         show_default=False, rich_help_panel=opt.OUTPUT)],
     val: Annotated[Path | None, typer.Option(
         "--val", help="Validation artifact (labels or masks) or split folder; per-class F1, AUC "
         "and exact match each epoch \\[default: the dataset's val/ split when DATA is a dataset "
@@ -72,18 +56,18 @@ def train_cls(
     dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.99,
                                            help="Dropout2d before pooling.",
                                            rich_help_panel=MODEL)] = 0.5,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=OPTIM)] = 20,
-    batch_size: BatchSize = 20,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=opt.OPTIM)] = 20,
+    batch_size: opt.BatchSize = 20,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Backbone learning rate.",
-                                      rich_help_panel=OPTIM)] = 0.01,
+                                      rich_help_panel=opt.OPTIM)] = 0.01,
     head_lr_mult: Annotated[float, typer.Option("--head-lr-mult", min=0.0,
                                                 help="LR multiplier of fc8.",
-                                                rich_help_panel=OPTIM)] = 10.0,
-    weight_decay: WeightDecay = 5e-4,
-    momentum: Momentum = 0.9,
-    poly_power: PolyPower = 0.9,
-    seed: Seed = 0,
-    deterministic: Deterministic = False,
+                                                rich_help_panel=opt.OPTIM)] = 10.0,
+    weight_decay: opt.WeightDecay = 5e-4,
+    momentum: opt.Momentum = 0.9,
+    poly_power: opt.PolyPower = 0.9,
+    seed: opt.Seed = 0,
+    deterministic: opt.Deterministic = False,
     pda: Annotated[str, typer.Option(
         "--pda", help="Progressive Dropout Attention: normalised (attention divided by its "
         "per-patch maximum; steady from scratch), paper (the published raw mean) or off.",
@@ -101,13 +85,13 @@ def train_cls(
     pda_decay_in_warmup: Annotated[bool, typer.Option(
         "--pda-decay-in-warmup", help="Decay mu during warm-up too (reference code; with "
         "--pda-sigma 0.98).", rich_help_panel=PDA)] = False,
-    device: Device = "auto",
-    workers: LoaderWorkers = 4,
-    precision: Precision = "auto",
-    channels_last: ChannelsLast = None,
-    compile_: Compile = False,
-    resume: Resume = False,
-    overwrite: OverwriteRun = False,
+    device: opt.Device = "auto",
+    workers: opt.LoaderWorkers = 4,
+    precision: opt.Precision = "auto",
+    channels_last: opt.ChannelsLast = None,
+    compile_: opt.Compile = False,
+    resume: opt.Resume = False,
+    overwrite: opt.OverwriteRun = False,
     *,
     out: Output,
 ) -> None:

@@ -9,23 +9,7 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.cli import Output, command
-from histoseg_cli.commands.options import (
-    OPTIM,
-    OUTPUT,
-    BatchSize,
-    ChannelsLast,
-    Compile,
-    Deterministic,
-    Device,
-    Momentum,
-    OverwriteRun,
-    PolyPower,
-    Precision,
-    Resume,
-    Seed,
-    WeightDecay,
-    LoaderWorkers,
-)
+from histoseg_cli.commands import options as opt
 
 DATA, MODEL, LOSS = "Data", "Model", "Loss"
 
@@ -46,7 +30,7 @@ def train_seg(
     data: Annotated[Path, typer.Argument(help="Patches artifact (or dataset folder) the pseudo "
                                          "masks were made from.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory to write.",
-                                         show_default=False, rich_help_panel=OUTPUT)],
+                                         show_default=False, rich_help_panel=opt.OUTPUT)],
     pseudo: Annotated[Path | None, typer.Argument(
         help="Pseudo-masks artifact from histoseg cams (omit with --masks).",
         show_default=False)] = None,
@@ -86,31 +70,31 @@ def train_seg(
     classifier: Annotated[Path | None, typer.Option(
         "--classifier", help="Stage-1 checkpoint whose F1/AUC on --val is recorded beside the "
         "gate head's.", show_default=False, rich_help_panel=MODEL)] = None,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=OPTIM)] = 30,
-    batch_size: BatchSize = 20,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=opt.OPTIM)] = 30,
+    batch_size: opt.BatchSize = 20,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Encoder learning rate.",
-                                      rich_help_panel=OPTIM)] = 0.01,
+                                      rich_help_panel=opt.OPTIM)] = 0.01,
     head_lr_mult: Annotated[float, typer.Option(
         "--head-lr-mult", min=0.0, help="LR multiplier of decoder and heads (the paper's 10; "
-        "from scratch 1 can be steadier, see docs/method.md).", rich_help_panel=OPTIM)] = 10.0,
-    weight_decay: WeightDecay = 5e-4,
-    momentum: Momentum = 0.9,
-    poly_power: PolyPower = 0.9,
+        "from scratch 1 can be steadier, see docs/method.md).", rich_help_panel=opt.OPTIM)] = 10.0,
+    weight_decay: opt.WeightDecay = 5e-4,
+    momentum: opt.Momentum = 0.9,
+    poly_power: opt.PolyPower = 0.9,
     blur: Annotated[float, typer.Option("--blur", min=0.0, max=1.0,
                                         help="Probability of a random Gaussian blur.",
-                                        rich_help_panel=OPTIM)] = 0.5,
+                                        rich_help_panel=opt.OPTIM)] = 0.5,
     vflip: Annotated[bool, typer.Option("--vflip/--no-vflip", help="Random vertical flips "
                                         "(horizontal ones are always on).",
-                                        rich_help_panel=OPTIM)] = True,
-    seed: Seed = 0,
-    deterministic: Deterministic = False,
-    device: Device = "auto",
-    workers: LoaderWorkers = 4,
-    precision: Precision = "auto",
-    channels_last: ChannelsLast = None,
-    compile_: Compile = False,
-    resume: Resume = False,
-    overwrite: OverwriteRun = False,
+                                        rich_help_panel=opt.OPTIM)] = True,
+    seed: opt.Seed = 0,
+    deterministic: opt.Deterministic = False,
+    device: opt.Device = "auto",
+    workers: opt.LoaderWorkers = 4,
+    precision: opt.Precision = "auto",
+    channels_last: opt.ChannelsLast = None,
+    compile_: opt.Compile = False,
+    resume: opt.Resume = False,
+    overwrite: opt.OverwriteRun = False,
     *,
     out: Output,
 ) -> None:
