@@ -64,13 +64,13 @@ class FailureLog:
 
     def success(self) -> None:
         """An input went through: failures are no longer all of one kind."""
-        self._release()
+        self.release()
 
     def failure(self, input: Path, message: str, err: BaseException | None = None) -> None:
         """``input`` failed with ``message`` (which names it)."""
         reason = failure_reason(input, message, err)
         if self.failures and reason != self.failures[0][2]:
-            self._release()
+            self.release()
         self.failures.append((input, message, reason))
         if self._holding:
             self._held.append(message)
@@ -78,10 +78,8 @@ class FailureLog:
             log.error("%s", message)
 
     def release(self) -> None:
-        """Log the failures held back so far (before the run's tables are merged)."""
-        self._release()
-
-    def _release(self) -> None:
+        """Log the failures held back so far (a success or a second reason came, or the
+        run's tables are about to be merged)."""
         if self._holding:
             self._holding = False
             for message in self._held if self.echo else ():
@@ -111,6 +109,6 @@ class FailureLog:
             return self.failures[0][1]
         if self.all_one_reason:
             return f"{self.total} of {self.total} {self.noun}: {self.failures[0][2]}{see}"
-        self._release()
+        self.release()
         return (f"{len(self.failures)} of {self.total} {self.noun} failed (first: "
                 f"{self.failures[0][1]}){see}")
