@@ -171,8 +171,9 @@ def _generate(model: CamModel, source: Artifact, output: Path, config: CamsConfi
     n, size, c = len(names), source.meta.patch_size, len(model.class_names)
     layers = list(model.layers)
     palette = source.meta.resolved_palette()
-    made = Provenance("cams", {"classifier": model.fingerprint()}, {
-        "input_names_sha256": InputLink.to(source).names_sha256, "layers": layers,
+    weights, link = model.fingerprint(), InputLink.to(source)  # each computed once
+    made = Provenance("cams", {"classifier": weights}, {
+        "input_names_sha256": link.names_sha256, "layers": layers,
         "background": background.as_dict(), "tta": config.tta, "cam": config.cam,
         "precision": config.precision})
     if output.is_file() and not config.overwrite:
@@ -180,8 +181,8 @@ def _generate(model: CamModel, source: Artifact, output: Path, config: CamsConfi
     meta = ArtifactMeta(
         class_names=list(model.class_names), patch_size=size, palette=palette,
         mpp=source.meta.mpp, magnification=source.meta.magnification, source=str(source.path),
-        created_by="cams", kind=KIND, link=InputLink.to(source),
-        extra={"classifier": model.source, "classifier_sha256": model.fingerprint(),
+        created_by="cams", kind=KIND, link=link,
+        extra={"classifier": model.source, "classifier_sha256": weights,
                "layers": layers, "background": background.as_dict(), "tta": config.tta,
                "cam": config.cam,
                "precision": config.precision, "provenance": made.as_dict()},
