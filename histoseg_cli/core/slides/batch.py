@@ -173,12 +173,12 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[int, SlideOutcome] = {}  # by slide index, so the manifest keeps slide order
     failures = FailureLog(len(slides))
-    if not overwrite:  # complete artifacts are kept only if tiled the same way
-        check_kept([(a, recorded_provenance(a)) for a, _ in targets if is_complete(a) is not None],
-                   config.provenance())
+    complete = [None if overwrite else is_complete(a) for a, _ in targets]  # patch counts
+    # complete artifacts are kept only if tiled the same way
+    check_kept([(a, recorded_provenance(a)) for (a, _), n in zip(targets, complete)
+                if n is not None], config.provenance())
     todo = []
-    for i, (slide, (artifact, preview)) in enumerate(zip(slides, targets)):
-        existing = None if overwrite else is_complete(artifact)
+    for i, (slide, (artifact, preview), existing) in enumerate(zip(slides, targets, complete)):
         if existing is None:
             todo.append(i)
         else:
