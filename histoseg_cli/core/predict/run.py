@@ -122,26 +122,24 @@ def plan_jobs(req: PredictRequest, mode: str) -> list[Job]:
             for s, (a, _) in zip(slides, output_paths(slides, req.input, out))]
 
 
-def result_settings(req: PredictRequest, mode: str, predictor: Predictor) -> dict[str, Any]:
-    """The request's settings that change what ``mode`` writes (outputs record them)."""
+def result_settings(req: PredictRequest, mode: str, predictor: Predictor,
+                    slides: SlideConfig | None) -> dict[str, Any]:
+    """The request's settings that change what ``mode`` writes (outputs record them): for
+    slides those of their tiling, as ``tile`` records them."""
+    if slides is not None:
+        return slides.settings()
     if mode in ("image", "images"):
         return {"stride": req.stride or max(1, predictor.patch_size // 2)}
-    if mode in ("slide", "slides"):
-        config = slide_config(req, predictor, quiet=True)
-        return {"stride": config.stride or config.patch_size,
-                "resolution": config.target.describe(), "source_mpp": config.source_mpp,
-                "min_tissue": config.min_tissue, "thumbnail_size": config.thumbnail_size}
     return {}
 
 
-def slide_config(req: PredictRequest, predictor: Predictor, quiet: bool = False
-                 ) -> SlideConfig:
+def slide_config(req: PredictRequest, predictor: Predictor) -> SlideConfig:
     """The request's slide options at the segmenter's patch size; the resolution defaults to
     the one the segmenter was trained at."""
     target = req.target
     if target is None:
         target = Target(mpp=predictor.mpp) if predictor.mpp else req.slides.target
-        if not predictor.mpp and not quiet:
+        if not predictor.mpp:
             log.warning("the segmenter records no resolution; predicting slides at %s "
                         "(set --mpp or --magnification)", target.describe())
     return replace(req.slides, target=target, patch_size=predictor.patch_size,
@@ -185,8 +183,9 @@ def run_predict(req: PredictRequest, device: str = "auto", reporter: Reporter = 
             raise UsageError(f"{req.stride} is larger than the segmenter's {predictor.patch_size}"
                              " px window and would leave unpredicted gaps; use at most "
                              f"{predictor.patch_size}", option="--stride")
+        slides = slide_config(req, predictor) if mode in ("slide", "slides") else None
         predictor.provenance = predictor.provenance_for(
-            req.segmenter, req.classifier, result_settings(req, mode, predictor))
+            req.segmenter, req.classifier, result_settings(req, mode, predictor, slides))
         if mode == "artifact":  # one file: rank 0 writes it, other ranks have nothing to do
             out = req.output
             if out.suffix.lower() not in ARTIFACT_SUFFIXES:
@@ -201,13 +200,13 @@ def run_predict(req: PredictRequest, device: str = "auto", reporter: Reporter = 
                 if ctx.is_main else {}
             ctx.barrier()
             return RunOutcome({"inputs": [result]}, [str(out)], main=ctx.is_main)
-        return _run_jobs(req, mode, predictor, ctx, reporter)
+        return _run_jobs(req, mode, predictor, slides, ctx, reporter)
     finally:
         ctx.close()
 
 
-def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistContext,
-              reporter: Reporter) -> RunOutcome:
+def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor,
+              config: SlideConfig | None, ctx: DistContext, reporter: Reporter) -> RunOutcome:
     planned = plan_jobs(req, mode)
     if not planned:
         raise InputError(req.input, "holds no images or slides to predict")
@@ -223,19 +222,18 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor, ctx: DistCon
     if req.shard is not None and manifest is not None:  # other shards made the same way?
         read_shard_rows([p for p in req.shard.manifests(req.output) if p != manifest],
                         made_by, manifest)
-    slides = mode in ("slide", "slides")
-    config = slide_config(req, predictor) if slides else None
+    slides = config is not None
     stride = req.stride or max(1, predictor.patch_size // 2)
     failures = FailureLog(len(mine))
-    if not req.overwrite:  # complete outputs are kept only if made the same way
-        check_kept([(job.targets.output, job.targets.recorded()) for job in mine
-                    if job.targets.complete()], predictor.provenance)
-    for job in mine:
-        if not req.overwrite and job.targets.complete():
-            job.status = "skipped"
-            job.result = {"output": str(job.targets.output)}
-            log.info("%s: outputs complete, skipped (--overwrite redoes them)", job.input.name)
-            failures.success()
+    complete = [] if req.overwrite else [job for job in mine if job.targets.complete()]
+    # complete outputs are kept only if made the same way
+    check_kept([(job.targets.output, job.targets.recorded()) for job in complete],
+               predictor.provenance)
+    for job in complete:
+        job.status = "skipped"
+        job.result = {"output": str(job.targets.output)}
+        log.info("%s: outputs complete, skipped (--overwrite redoes them)", job.input.name)
+        failures.success()
     todo = [job for job in mine if job.status == "pending"]
     summarised = 0.0  # when the cohort summary was last rewritten mid-run
 

@@ -51,13 +51,17 @@ class SlideConfig:
     #: strips are read, in the workers), None or "lzf" (compressed by the writer process).
     compression: str | None = "gzip"
 
+    def settings(self) -> dict[str, object]:
+        """The settings that change which tiles a slide gives and what they hold (not how
+        they are stored): what outputs made from slides record of how they were made."""
+        return {"resolution": self.target.describe(), "source_mpp": self.source_mpp,
+                "patch_size": self.patch_size, "stride": self.stride or self.patch_size,
+                "min_tissue": self.min_tissue, "thumbnail_size": self.thumbnail_size,
+                "tissue": asdict(self.tissue)}
+
     def provenance(self) -> Provenance:
-        """The settings that change the patches a slide gives (not how they are stored)."""
-        return Provenance("tile", {}, {
-            "resolution": self.target.describe(), "source_mpp": self.source_mpp,
-            "patch_size": self.patch_size, "stride": self.stride or self.patch_size,
-            "min_tissue": self.min_tissue, "thumbnail_size": self.thumbnail_size,
-            "tissue": asdict(self.tissue)})
+        """What a tiled slide's artifact records of how it was made."""
+        return Provenance("tile", {}, self.settings())
 
     def __post_init__(self) -> None:
         if self.patch_size < 8:
