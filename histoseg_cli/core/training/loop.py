@@ -131,12 +131,7 @@ class _Loop:
         self.run_dir = RunDir(task.config.run_dir, task)
         self.device = ctx.device
         self._payload: dict[str, Any] | None = None  # the checkpoint being resumed
-        self._data: dict[str, Any] | None = None  # what checkpoints record of the data
-
-    def _data_record(self, sources: DataSources) -> dict[str, Any]:
-        if self._data is None:
-            self._data = data_record(sources)
-        return self._data
+        self._data: dict[str, Any] = {}  # what checkpoints record of the data (rank 0)
 
     # ----------------------------------------------------------------- set-up (rank 0)
     def _prepare(self) -> DataSources:
@@ -185,11 +180,11 @@ class _Loop:
         if cfg.overwrite and not cfg.resume:
             for path in (run.checkpoint, run.best, run.metrics, run.curve):
                 path.unlink(missing_ok=True)
+        self._data = data_record(sources)
         run.root.mkdir(parents=True, exist_ok=True)
         run.write_config({**cfg.as_dict(), "task": task.name,
-                          "train_artifact": str(Path(sources.train).resolve()),
-                          "val_artifact": str(Path(sources.val).resolve()) if sources.val
-                          else None,
+                          "train_artifact": self._data["train"]["path"],
+                          "val_artifact": self._data.get("val", {}).get("path"),
                           "world_size": self.ctx.world_size})
 
     def _build(self, sources: DataSources) -> nn.Module:
@@ -319,7 +314,7 @@ class _Loop:
         metrics and curve."""
         task, run, row = self.task, self.run_dir, rows[-1]
         info = replace(task.info(model, sources, row), epoch=row["epoch"],
-                       iteration=row["iteration"], data=self._data_record(sources))
+                       iteration=row["iteration"], data=self._data)
         score = (row.get("val") or {}).get(task.score_key)
         improved = score is not None and (best_score is None or score > best_score)
         best_score = score if improved else best_score
