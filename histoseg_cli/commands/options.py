@@ -85,5 +85,3 @@ ReaderWorkers = Annotated[int | None, typer.Option(
     "--workers", "-j", min=1, help="Slide-reading processes, one slide handle each "
     f"\\[default: the CPUs, at most {MAX_READERS}].", rich_help_panel=SLIDES,
     show_default=False)]
-#: What the slide resolution defaults to when neither option is given, for help texts.
-MAGNIFICATION_DEFAULT = f"{MAGNIFICATION:g}x"

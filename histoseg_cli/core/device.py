@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from histoseg_cli.core.defaults import DEVICE_CHOICES  # noqa: F401 - the choices live there
 from histoseg_cli.core.errors import UsageError
 
 if TYPE_CHECKING:
