@@ -104,10 +104,8 @@ def predict(
                            gate=GateConfig(gate_threshold, enabled=not no_gate))
     outcome = run_predict(PredictRequest(
         segmenter=segmenter, input=input, output=output, classifier=classifier, config=config,
-        target=target, slides=SlideConfig(
-            source_mpp=source_mpp,
-            **{k: v for k, v in (("min_tissue", min_tissue), ("thumbnail_size", thumbnail_size))
-               if v is not None}),
+        target=target, slides=SlideConfig.with_defaults(
+            source_mpp=source_mpp, min_tissue=min_tissue, thumbnail_size=thumbnail_size),
         stride=stride, workers=workers or default_readers(), geojson=geojson,
         labels_tiff=labels_tiff,
         overwrite=overwrite, shard=Shard.parse(shard) if shard is not None else None),

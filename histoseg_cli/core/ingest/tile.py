@@ -17,7 +17,7 @@ from pathlib import Path
 
 from histoseg_cli.core.atomic import check_writable
 from histoseg_cli.core.folder_run import RunOutcome
-from histoseg_cli.core.defaults import MAGNIFICATION, MIN_TISSUE, THUMBNAIL_SIZE, default_readers
+from histoseg_cli.core.defaults import default_readers
 from histoseg_cli.core.data.datasets import find_layout, find_splits, looked_for
 from histoseg_cli.core.data.layouts import get_dataset
 from histoseg_cli.core.errors import InputError, UsageError
@@ -139,12 +139,11 @@ def _slides(req: TileRequest, reporter: Reporter) -> RunOutcome:
                          "when INPUT is a folder")
     if req.compression is not None and req.compression not in COMPRESSIONS:
         raise UsageError(f"expected {', '.join(COMPRESSIONS)}", f"--compression {req.compression}")
-    config = SlideConfig(
-        target=Target(mpp=req.mpp, magnification=MAGNIFICATION if req.mpp is None
-                      and req.magnification is None else req.magnification),
-        source_mpp=req.source_mpp, patch_size=req.patch_size or 224, stride=req.stride,
-        min_tissue=MIN_TISSUE if req.min_tissue is None else req.min_tissue,
-        thumbnail_size=req.thumbnail_size or THUMBNAIL_SIZE,
+    config = SlideConfig.with_defaults(
+        target=None if req.mpp is None and req.magnification is None
+        else Target(mpp=req.mpp, magnification=req.magnification),
+        source_mpp=req.source_mpp, patch_size=req.patch_size, stride=req.stride,
+        min_tissue=req.min_tissue, thumbnail_size=req.thumbnail_size,
         compression=COMPRESSIONS[req.compression or "gzip"])
     summary = tile_slides(req.input, req.output.parent if single_file else req.output, config,
                           reporter=reporter, overwrite=req.overwrite,

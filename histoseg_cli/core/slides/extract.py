@@ -51,6 +51,15 @@ class SlideConfig:
     #: strips are read, in the workers), None or "lzf" (compressed by the writer process).
     compression: str | None = "gzip"
 
+    @classmethod
+    def with_defaults(cls, *, compression: str | None = "gzip", **options: object
+                      ) -> SlideConfig:
+        """A config from a command's options: those left out (``None``) take the defaults
+        above, so ``tile`` and ``predict`` share them. (``compression`` is apart: ``None``
+        means raw chunks there.)"""
+        return cls(compression=compression,  # type: ignore[arg-type]
+                   **{k: v for k, v in options.items() if v is not None})
+
     def settings(self) -> dict[str, object]:
         """The settings that change which tiles a slide gives and what they hold (not how
         they are stored): what outputs made from slides record of how they were made."""
