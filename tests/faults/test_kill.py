@@ -80,36 +80,35 @@ def test_training_killed_resumes_exactly(pipe: dict[str, Path], tmp_path: Path, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-# ------------------------------------------------------------------------- cams
-def test_cams_killed_reruns_to_the_same_masks(pipe: dict[str, Path], tmp_path: Path):
-    args = ["cams", pipe["cls"], pipe["art"] / "train.h5", "--tta", "d4", "-q", "--gallery", 0]
+# ------------------------------------------------------------------------- one artifact
+#: Commands writing one artifact resumably, the arguments (from the pipeline) and the dataset
+#: compared: cams' pseudo masks, predict's predictions.
+ARTIFACT_COMMANDS = {
+    "cams": (lambda p: ["cams", p["cls"], p["art"] / "train.h5", "--tta", "d4", "--gallery", 0],
+             "pseudo_masks"),
+    "predict": (lambda p: ["predict", p["seg"], p["art"] / "test.h5", "--classifier", p["cls"]],
+                "predictions"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(ARTIFACT_COMMANDS))
+def test_artifact_killed_reruns_to_the_same_result(pipe: dict[str, Path], tmp_path: Path,
+                                                   command: str):
+    make_args, dataset = ARTIFACT_COMMANDS[command]
+    args = [*make_args(pipe), "-q"]
     duration = timed(*args, "-o", tmp_path / "ref.h5", cwd=tmp_path)
-    reference = _h5(tmp_path / "ref.h5", "pseudo_masks")
+    reference = _h5(tmp_path / "ref.h5", dataset)
     out = tmp_path / "out.h5"
 
     def check() -> None:
         if out.exists():
-            assert same_arrays(_h5(out, "pseudo_masks"), reference)
+            assert same_arrays(_h5(out, dataset), reference)
 
     chain(lambda: [*args, "-o", out], tmp_path, duration, check)
     assert out.exists()
 
 
-# ------------------------------------------------------------------------- predict
-def test_predict_artifact_killed(pipe: dict[str, Path], tmp_path: Path):
-    args = ["predict", pipe["seg"], pipe["art"] / "test.h5", "--classifier", pipe["cls"], "-q"]
-    duration = timed(*args, "-o", tmp_path / "ref.h5", cwd=tmp_path)
-    reference = _h5(tmp_path / "ref.h5", "predictions")
-    out = tmp_path / "out.h5"
-
-    def check() -> None:
-        if out.exists():
-            assert same_arrays(_h5(out, "predictions"), reference)
-
-    chain(lambda: [*args, "-o", out], tmp_path, duration, check)
-    assert out.exists()
-
-
+# ------------------------------------------------------------------------- folders
 def test_predict_image_folder_killed(pipe: dict[str, Path], tmp_path: Path):
     args = ["predict", pipe["seg"], pipe["data"] / "test" / "img", "--classifier", pipe["cls"],
             "--stride", 8, "-q"]
