@@ -25,7 +25,7 @@ from rich.logging import RichHandler
 from typer import rich_utils
 from typer.core import TyperGroup
 
-from histoseg_cli.core.errors import HistosegError, describe_os_error
+from histoseg_cli.core.errors import HistosegError, describe_os_error, render_settings
 from histoseg_cli.core.progress import Reporter
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks.",
@@ -60,12 +60,47 @@ class Output:
         sys.stdout.flush()
 
 
-def _configure_logging(out: Output) -> None:
+def flag_table(fn: Callable[..., Any]) -> dict[str, str]:
+    """How a user types each parameter of a command function: its long option
+    (``--batch-size``) or an argument's metavar (``DATA``), read from its Typer declaration.
+    Core messages name settings by field; a field is the parameter of the same name, so the
+    declarations are the one table and renaming a flag there renames it in every message."""
+    table = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        info = next((m for m in getattr(param.annotation, "__metadata__", ())
+                     if isinstance(m, (typer.models.OptionInfo, typer.models.ArgumentInfo))),
+                    None)
+        if isinstance(info, typer.models.ArgumentInfo):
+            table[name] = info.metavar or name.upper()
+        elif info is not None:  # in Annotated, Typer takes a first flag as the "default"
+            first = (info.default,) if isinstance(info.default, str) else ()
+            decls = [d.split("/")[0] for d in (*first, *(info.param_decls or ()))
+                     if d.startswith("-")]
+            longs = [d for d in decls if d.startswith("--")]
+            table[name] = max(longs or decls or ["--" + name.replace("_", "-")], key=len)
+    return table
+
+
+class _FlagNames(logging.Filter):
+    """Core log lines name settings as ``{field}``; show them as the flags users type."""
+
+    def __init__(self, name_of: Callable[[str], str | None]) -> None:
+        super().__init__()
+        self.name_of = name_of
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "{" in str(record.msg):
+            record.msg, record.args = render_settings(record.getMessage(), self.name_of), None
+        return True
+
+
+def _configure_logging(out: Output, name_of: Callable[[str], str | None]) -> None:
     level = logging.DEBUG if out.verbose else logging.WARNING if out.quiet else logging.INFO
     logger = logging.getLogger("histoseg")
     logger.handlers.clear()
     handler = RichHandler(console=stderr, show_path=False, show_time=False,
                           rich_tracebacks=False, markup=False)
+    handler.addFilter(_FlagNames(name_of))
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
@@ -79,17 +114,31 @@ def command(app: typer.Typer, name: str, panel: str) -> Callable[[Callable[..., 
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        own = flag_table(fn)
+
+        def name_of(setting: str) -> str | None:
+            """This command's flag for a setting, else another command's (messages about
+            what a different stage needs)."""
+            if setting in own:
+                return own[setting]
+            for registered in app.registered_commands:
+                if registered.callback is not None:
+                    if (flag := flag_table(registered.callback).get(setting)) is not None:
+                        return flag
+            return None
+
         @functools.wraps(fn)
         def wrapper(*args: Any, verbose: Verbose = False, quiet: Quiet = False,
                     json_: Json = False, **kwargs: Any) -> None:
             out = Output(json=json_, quiet=quiet, verbose=verbose)
-            _configure_logging(out)
+            _configure_logging(out, name_of)
             try:
                 fn(*args, out=out, **kwargs)
             except HistosegError as err:
                 if verbose:
                     traceback.print_exc(file=sys.stderr)
-                stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+                stderr.print(f"[bold red]error:[/] {err.render(name_of)}", highlight=False,
+                             soft_wrap=True)
                 raise typer.Exit(err.exit_code) from None
             except KeyboardInterrupt:
                 stderr.print("[bold red]interrupted[/]; rerun the command to resume or redo it")

@@ -193,3 +193,46 @@ def test_one_manifest_writer_and_one_torch_load():
     assert manifests == ["folder_run.py"]
     loads = [p.name for p, text in sources.items() if "torch.load(" in text]
     assert loads == ["checkpoint.py"]
+
+
+def _core_messages() -> dict[Path, list[str]]:
+    """The string literals of core modules, docstrings left out."""
+    found: dict[Path, list[str]] = {}
+    for path in (PACKAGE / "core").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                and n.body and isinstance(n.body[0], ast.Expr)}
+        found[path] = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
+                       and isinstance(n.value, str) and id(n) not in docs]
+    return found
+
+
+def test_core_names_settings_not_flags():
+    """Core messages say ``{batch_size}``; the CLI names the flag. A string that spells a
+    flag (``--x`` or ``-o``) in core is a renamed flag waiting to go stale; other tools'
+    commands (pip, vips) are quoted as they are."""
+    import re
+
+    spelled = [(p.name, text) for p, texts in _core_messages().items() for text in texts
+               if re.search(r"(?<![\w-])(--[a-z]|-o\b)", text)
+               and not re.search(r"pip install|vips tiffsave", text)]
+    assert spelled == []
+
+
+def test_every_setting_in_core_messages_is_a_flag():
+    """Each ``{setting}`` a core message names is a parameter of some command, so users see
+    a flag they can type, and the flag's name comes from the command's declaration."""
+    import re
+
+    from histoseg_cli.cli import flag_table
+    from histoseg_cli.core.errors import render_settings
+
+    flags: dict[str, str] = {}
+    for registered in app.registered_commands:
+        flags.update(flag_table(registered.callback))
+    named = {name for texts in _core_messages().values() for text in texts
+             for name in re.findall(r"\{([a-z][a-z0-9_]*)\}", text)}
+    assert named and named <= set(flags), sorted(named - set(flags))
+    assert flags["batch_size"] == "--batch-size" and flags["output"] == "--output"
+    assert render_settings("lower {batch_size}", flags.get) == "lower --batch-size"

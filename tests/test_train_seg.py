@@ -42,9 +42,10 @@ def test_decoder_lr_is_10x_the_encoders_unless_set():
         return {round(g["lr"], 9) for g in groups if g["name"].startswith("head")}
 
     assert head_lr() == {0.1}
-    assert head_lr(pretrained="imagenet") == {0.1}
+    assert head_lr(pretrained="imagenet") == {0.01}  # from the pretrained LR, 0.001
     assert head_lr(head_lr_mult=3.0) == {0.03}
-    assert head_lr(pretrained="w.pth", head_lr_mult=1.0) == {0.01}
+    assert head_lr(pretrained="w.pth", head_lr_mult=1.0) == {0.001}
+    assert head_lr(pretrained="w.pth", lr=0.01, head_lr_mult=1.0) == {0.01}
 
 
 def test_loss_weights_layers_and_ignores_background():

@@ -14,7 +14,7 @@ from histoseg_cli.commands import options as opt
 DATA, MODEL, LOSS = "Data", "Model", "Loss"
 
 
-def _floats(text: str | None, option: str) -> list[float] | None:
+def _floats(text: str | None, setting: str) -> list[float] | None:
     from histoseg_cli.core.errors import UsageError
 
     if text is None:
@@ -22,7 +22,7 @@ def _floats(text: str | None, option: str) -> list[float] | None:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"'{text}': expected comma-separated numbers", option) from None
+        raise UsageError(f"'{text}': expected comma-separated numbers", setting) from None
 
 
 @command(app, "train-seg", panel="Training")
@@ -72,8 +72,8 @@ def train_seg(
         "gate head's.", show_default=False, rich_help_panel=MODEL)] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=opt.OPTIM)] = 30,
     batch_size: opt.BatchSize = 20,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Encoder learning rate.",
-                                      rich_help_panel=opt.OPTIM)] = 0.01,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", min=0.0, help="Encoder learning rate [default: 0.01 from scratch, 0.001 from --pretrained weights].", show_default=False, rich_help_panel=opt.OPTIM)] = None,
     head_lr_mult: Annotated[float, typer.Option(
         "--head-lr-mult", min=0.0, help="LR multiplier of decoder and heads (the paper's 10; "
         "from scratch 1 can be steadier, see docs/method.md).", rich_help_panel=opt.OPTIM)] = 10.0,
@@ -118,7 +118,7 @@ def train_seg(
         data=str(data), run_dir=str(output), val=str(val) if val else None, dataset=dataset,
         pseudo=str(pseudo) if pseudo else None, masks=masks,
         layers=[v.strip() for v in layers.split(",") if v.strip()] if layers else None,
-        lambdas=_floats(lambdas, "--lambdas"), encoder=encoder, output_stride=output_stride,
+        lambdas=_floats(lambdas, "lambdas"), encoder=encoder, output_stride=output_stride,
         gate_head=gate_head, gate_weight=gate_weight,
         classifier=str(classifier) if classifier else None, pretrained=pretrained,
         epochs=epochs, batch_size=batch_size, lr=lr, head_lr_mult=head_lr_mult,

@@ -96,7 +96,7 @@ def check_writable(target: str | Path, folder: bool = False) -> None:
     if target.exists():
         if folder and not target.is_dir():
             raise InputError(target, "exists and is a file; expected a folder to write into "
-                             "(remove it or pick another -o)")
+                             "(remove it or pick another {output})")
         if not folder and target.is_dir():
             raise InputError(target, "is a folder; expected a file name to write")
     parent = target if folder and target.is_dir() else target.parent

@@ -29,7 +29,7 @@ MAX_READERS = 4
 
 def check_choice(value: str, choices: tuple[str, ...], setting: str) -> str:
     """``value`` if it is one of ``choices``; otherwise one ``UsageError`` worded the same
-    way for every setting (``setting`` is the option, e.g. ``--precision``)."""
+    way for every setting (``setting`` is its field, e.g. ``precision``)."""
     if value not in choices:
         raise UsageError(f"'{value}' is not one of {', '.join(choices)}", setting)
     return value

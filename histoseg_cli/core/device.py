@@ -20,8 +20,8 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {spec}: CUDA is not available on this machine; use cpu")
+            raise UsageError(f"{{device}} {spec}: CUDA is not available on this machine; use cpu")
         return torch.device(spec if ":" in spec else f"cuda:{local_rank}")
     if spec != "cpu":
-        raise UsageError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+        raise UsageError(f"{{device}} {spec}: expected auto, cpu, cuda or cuda:N")
     return torch.device("cpu")

@@ -2,18 +2,44 @@
 
 Core code raises these for problems the user can fix (bad file, wrong schema, bad label);
 anything else is a bug and is reported with a traceback under ``--verbose``.
+
+The core does not know how a front end spells its options. Its messages (and logs) refer to a
+setting by its request field in braces, ``{batch_size}``; ``str(err)`` shows the field's name,
+and the CLI shows the flag it maps the field to (see :func:`render_settings`).
 """
 
 from __future__ import annotations
 
 import errno
+import re
+from collections.abc import Callable
 from pathlib import Path
+
+_SETTING = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+
+
+def render_settings(text: str, name_of: Callable[[str], str | None] = lambda name: name) -> str:
+    """``text`` with each ``{setting}`` replaced by ``name_of(setting)``; a setting it does not
+    know (``None``) keeps its braces, so other text in braces passes through."""
+    return _SETTING.sub(lambda m: name_of(m.group(1)) or m.group(0), text)
 
 
 class HistosegError(Exception):
-    """A runtime error caused by the input or environment; exit code 1."""
+    """A runtime error caused by the input or environment; exit code 1. Its message may name
+    settings as ``{field}``."""
 
     exit_code = 1
+
+    def __init__(self, message: str, where: str = "") -> None:
+        self.template, self.where = message, where  # ``where`` (a path) is never rendered
+        super().__init__(where + message)
+
+    def __str__(self) -> str:
+        return self.render(lambda name: name)
+
+    def render(self, name_of: Callable[[str], str | None]) -> str:
+        """The message with each setting named by ``name_of`` (a front end's flag)."""
+        return self.where + render_settings(self.template, name_of)
 
 
 class InputError(HistosegError):
@@ -22,18 +48,18 @@ class InputError(HistosegError):
     def __init__(self, path: str | Path | None, expected: str) -> None:
         self.path = None if path is None else Path(path)
         self.expected = expected
-        super().__init__(f"{path}: {expected}" if path is not None else expected)
+        super().__init__(expected, f"{path}: " if path is not None else "")
 
 
 class UsageError(HistosegError):
-    """A bad option value or options that do not fit together; exit code 2 like other usage
-    errors. ``option`` names the flag (``--epochs``) so the message starts with it."""
+    """A bad setting or settings that do not fit together; exit code 2 like other usage
+    errors. ``setting`` names the field (``batch_size``) so the message starts with it."""
 
     exit_code = 2
 
-    def __init__(self, message: str, option: str | None = None) -> None:
-        self.option = option
-        super().__init__(f"{option}: {message}" if option else message)
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        self.setting = setting
+        super().__init__(f"{{{setting}}}: {message}" if setting else message)
 
 
 #: What an operating-system error means for the path it names, in the project's words.

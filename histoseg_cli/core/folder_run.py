@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from histoseg_cli.core.atomic import write_csv_atomic
-from histoseg_cli.core.errors import InputError
+
+from histoseg_cli.core.errors import HistosegError, InputError, render_settings
 
 log = logging.getLogger("histoseg")
 
@@ -28,8 +30,21 @@ MANIFEST = "manifest.csv"
 def write_manifest(path: Path, fields: Sequence[str], rows: Iterable[Mapping[str, object]]
                    ) -> Path:
     """The manifest at ``path``: one row per input (status, output, figures, error),
-    replaced atomically so it is current and whole even if the run is killed."""
-    return write_csv_atomic(path, fields, rows)
+    replaced atomically so it is current and whole even if the run is killed. Settings in
+    error messages appear by name (the table is not for one front end)."""
+    return write_csv_atomic(path, fields, (
+        {**row, "error": render_settings(str(row["error"]))} if row.get("error") else row
+        for row in rows))
+
+
+def describe_failure(input: Path, err: BaseException) -> str:
+    """One line for an input that failed, naming it; settings stay ``{field}`` for the front
+    end to name."""
+    if isinstance(err, HistosegError):
+        return err.where + err.template
+    if isinstance(err, BrokenProcessPool):
+        return f"{input}: a worker process died while reading it (corrupt file?)"
+    return f"{input}: {type(err).__name__}: {err}"
 
 
 @dataclass

@@ -58,12 +58,12 @@ class CamsConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise UsageError("must be at least 1", option="--batch-size")
+            raise UsageError("must be at least 1", setting="batch_size")
         if self.tta not in TTA_VIEWS:
-            raise UsageError(f"choose one of {', '.join(TTA_VIEWS)}", option="--tta")
+            raise UsageError(f"choose one of {', '.join(TTA_VIEWS)}", setting="tta")
         if self.cam not in CAM_METHODS:
-            raise UsageError(f"choose one of {', '.join(CAM_METHODS)}", option="--cam")
-        check_choice(self.precision, PRECISIONS, "--precision")
+            raise UsageError(f"choose one of {', '.join(CAM_METHODS)}", setting="cam")
+        check_choice(self.precision, PRECISIONS, "precision")
 
 
 @dataclass
@@ -158,7 +158,7 @@ def generate_pseudo_masks(model: CamModel, input_path: Path, output: Path,
                           ) -> CamsSummary:
     """Write the pseudo-masks artifact ``output`` for the patches artifact ``input_path``."""
     if Path(output).resolve() == Path(input_path).resolve():
-        raise UsageError(f"-o {output} is the input artifact; write the pseudo masks elsewhere")
+        raise UsageError(f"{{output}} {output} is the input artifact; write the pseudo masks elsewhere")
     with Artifact(input_path) as source:
         return _generate(model, source, Path(output), config, reporter)
 

@@ -88,7 +88,7 @@ def find_layout(root: Path) -> DatasetSpec | None:
         re.search(spec.label_pattern + r"[^\[\]]*$", p.stem) for p in sample)]
     if len(fits) > 1:
         raise UsageError(f"{root}: cannot tell the dataset layout (several layouts fit: "
-                         f"{', '.join(s.name for s in fits)}); name it with --dataset")
+                         f"{', '.join(s.name for s in fits)}); name it with {{dataset}}")
     return fits[0] if fits else None
 
 
@@ -102,5 +102,5 @@ def detect_dataset(root: Path) -> DatasetSpec:
     if spec is None:
         found = "no layout fits" if _training_images(root) else "no labelled training images"
         raise UsageError(f"{root}: cannot tell the dataset layout ({found}; looked for "
-                         f"{looked_for()}); name it with --dataset")
+                         f"{looked_for()}); name it with {{dataset}}")
     return spec

@@ -33,7 +33,7 @@ def _import_onnx() -> Any:
     try:
         import onnx
     except ImportError:
-        raise HistosegError("ONNX export needs the onnx extra: pip install 'histoseg[onnx]'"
+        raise HistosegError("ONNX export needs the onnx extra: pip install 'histoseg-cli[onnx]'"
                             ) from None
     return onnx
 

@@ -39,7 +39,7 @@ def _quantization() -> Any:
     try:
         from onnxruntime import quantization
     except ImportError:
-        raise HistosegError("int8 export needs ONNX Runtime: pip install 'histoseg[onnx]'"
+        raise HistosegError("int8 export needs ONNX Runtime: pip install 'histoseg-cli[onnx]'"
                             ) from None
     return quantization
 

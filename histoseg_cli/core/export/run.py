@@ -58,23 +58,23 @@ class ExportRequest:
     def resolved_format(self) -> str:
         if self.format is not None:
             if self.format not in ("onnx", "engine"):
-                raise UsageError("expected onnx or engine", option="--format")
+                raise UsageError("expected onnx or engine", setting="format")
             return self.format
         try:
             return FORMATS[self.output.suffix.lower()]
         except KeyError:
-            raise UsageError(f"{self.output}: name it .onnx or .engine, or pass --format",
-                             option="--output") from None
+            raise UsageError(f"{self.output}: name it .onnx or .engine, or pass {{format}}",
+                             setting="output") from None
 
     @property
     def resolved_precision(self) -> str:
         fmt = self.resolved_format
         precision = self.precision or ("fp16" if fmt == "engine" else "fp32")
         if precision not in ("fp32", "fp16", "int8"):
-            raise UsageError("expected fp32, fp16 or int8", option="--precision")
+            raise UsageError("expected fp32, fp16 or int8", setting="precision")
         if precision == "int8" and fmt != "onnx":
             raise UsageError("int8 is for ONNX files run on CPUs; engines take fp16 or fp32",
-                             option="--precision")
+                             setting="precision")
         return precision
 
 
@@ -98,12 +98,12 @@ def _source(req: ExportRequest, card: ModelCard) -> Path:
                 with Artifact(path) as art:
                     if names_digest(art.names()) != digest:
                         raise InputError(path, "holds other patches than the segmenter was "
-                                         "trained on (changed since); pass --calib "
+                                         "trained on (changed since); pass {calib} "
                                          "PATCHES.h5")
             return path
     where = f" ({recorded} is gone)" if recorded else ""
     raise InputError(req.segmenter, f"no patches to verify the export on{where}; pass "
-                     "--calib PATCHES.h5")
+                     "{calib} PATCHES.h5")
 
 
 def _export_onnx(fused: FusedGatedSegmenter, card: ModelCard, path: Path, precision: str,

@@ -34,9 +34,9 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise UsageError("need 1 <= --min-batch <= --opt-batch <= --max-batch")
+            raise UsageError("need 1 <= {min_batch} <= {opt_batch} <= {max_batch}")
         if self.workspace_gib <= 0:
-            raise UsageError("must be positive", option="--workspace")
+            raise UsageError("must be positive", setting="workspace")
 
     @property
     def strongly_typed(self) -> bool:

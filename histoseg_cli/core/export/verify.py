@@ -83,7 +83,7 @@ def verify(reference, exported, patches: np.ndarray, source: str,  # noqa: ANN00
     result = Verification(len(patches), agree / max(pixels, 1), worst, worst_gate, source)
     least = MIN_AGREEMENT[precision]
     if result.agreement < least:
-        hint = "; try --precision fp32" if precision != "fp32" else ""
+        hint = "; try {precision} fp32" if precision != "fp32" else ""
         raise HistosegError(f"the export labels only {result.agreement:.4%} of pixels like "
                             f"PyTorch on {result.patches} patches of {source} (at least "
                             f"{least:.1%} expected for {precision}); not kept{hint}")

@@ -47,7 +47,7 @@ class GateConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold < 1.0:
-            raise UsageError("must be in [0, 1)", option="--gate-threshold")
+            raise UsageError("must be in [0, 1)", setting="gate_threshold")
 
 
 class GatedSegmenter(nn.Module):

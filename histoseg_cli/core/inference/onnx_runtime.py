@@ -28,7 +28,7 @@ def import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError:
-        raise HistosegError("ONNX Runtime is not installed: pip install 'histoseg[onnx]'"
+        raise HistosegError("ONNX Runtime is not installed: pip install 'histoseg-cli[onnx]'"
                             ) from None
     return onnxruntime
 

@@ -37,7 +37,7 @@ def import_tensorrt() -> Any:
         import tensorrt
     except ImportError:
         raise HistosegError(
-            "TensorRT is not installed: pip install 'histoseg[trt]' (wheels come from NVIDIA: "
+            "TensorRT is not installed: pip install 'histoseg-cli[trt]' (wheels come from NVIDIA: "
             "pip install --extra-index-url https://pypi.nvidia.com tensorrt), on a machine "
             "with an NVIDIA GPU and driver") from None
     return tensorrt
@@ -46,7 +46,7 @@ def import_tensorrt() -> Any:
 def require_cuda() -> torch.device:
     if not torch.cuda.is_available():
         raise HistosegError("TensorRT engines need a CUDA GPU, and none is available here; "
-                            "use the ONNX file (histoseg export -o model.onnx) on CPU")
+                            "use the exported ONNX file on CPU")
     return torch.device("cuda", torch.cuda.current_device())
 
 
@@ -109,8 +109,8 @@ class TensorRTEngine(BatchedMap):
         if not self.min_batch <= b <= self.max_batch:
             raise UsageError(f"a batch of {b} is outside the engine's profile "
                              f"[{self.min_batch}, {self.max_batch}] ({self.path}); pass a "
-                             "--batch-size inside it or rebuild with --min-batch/--max-batch",
-                             option="--batch-size")
+                             "{batch_size} inside it or rebuild with {min_batch}/{max_batch}",
+                             setting="batch_size")
         x = patches.to(self.device, torch.uint8, non_blocking=True).contiguous()
         self.context.set_input_shape(INPUT, tuple(x.shape))
         self.context.set_tensor_address(INPUT, x.data_ptr())

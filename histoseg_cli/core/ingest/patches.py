@@ -165,8 +165,8 @@ def tile_masked_images(
                 coords=np.array([[cut[i][0], cut[i][1]] for i in idx], dtype=np.int64),
             )
         if writer.rows_done == 0:
-            raise InputError(image_dir, "no patch contains any class; check --classes and "
-                             "--min-fraction (mask values >= the class count are background)")
+            raise InputError(image_dir, "no patch contains any class; check {classes} and "
+                             "{min_fraction} (mask values >= the class count are background)")
         writer.set_attrs("coords", patch_size=p, patch_level=0, downsample=1.0,
                          patch_size_level0=p)
         n = writer.rows_done

@@ -124,7 +124,7 @@ def resolve_patch_input(path: str | Path, dataset: str | None, cache: Path, work
     own = classify_split(path)
     if dataset is None and own is not None and not own.is_labelled:
         raise UsageError(f"{path}: images with masks carry no label style to detect a "
-                         "layout from; name it with --dataset")
+                         "layout from; name it with {dataset}")
     spec = _layout(path, dataset)
     splits = find_splits(path, spec)
     split = next((s for s in splits if s.name == "train"), splits[0])

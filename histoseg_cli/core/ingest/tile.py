@@ -80,18 +80,18 @@ def run_tile(req: TileRequest, reporter: Reporter = SILENT) -> RunOutcome:
                     "dataset": f"no such folder (expected a {req.dataset} dataset folder)",
                     "masks": "no such folder (expected a folder of images)"}
         raise InputError(req.input, expected[req.mode])
-    slide_options = {"--mpp": req.mpp, "--magnification": req.magnification,
-                     "--source-mpp": req.source_mpp, "--min-tissue": req.min_tissue,
-                     "--thumbnail-size": req.thumbnail_size, "--compression": req.compression}
-    patch_options = {"--classes": req.classes, "--min-fraction": req.min_fraction,
-                     "--keep-empty": req.keep_empty}
+    slide_options = {"{mpp}": req.mpp, "{magnification}": req.magnification,
+                     "{source_mpp}": req.source_mpp, "{min_tissue}": req.min_tissue,
+                     "{thumbnail_size}": req.thumbnail_size, "{compression}": req.compression}
+    patch_options = {"{classes}": req.classes, "{min_fraction}": req.min_fraction,
+                     "{keep_empty}": req.keep_empty}
     check_writable(req.output, folder=req.output.suffix.lower() not in ARTIFACT_SUFFIXES)
     if req.mode == "slides" and req.input.is_dir():
         req = _folder_mode(req, slide_options)
     if req.mode == "slides":
-        _reject(patch_options, "to --dataset/--masks, not to slides")
+        _reject(patch_options, "to {dataset}/{masks}, not to slides")
         return _slides(req, reporter)
-    _reject(slide_options, "to slides, not to --dataset/--masks")
+    _reject(slide_options, "to slides, not to {dataset}/{masks}")
     config = TileConfig(patch_size=req.patch_size if req.patch_size or req.dataset else 224,
                         stride=req.stride,
                         min_fraction=0.05 if req.min_fraction is None else req.min_fraction,
@@ -109,7 +109,7 @@ def _folder_mode(req: TileRequest, slide_options: dict[str, object]) -> TileRequ
         spec = find_layout(req.input)
         if spec is not None:
             log.info("%s: detected the %s layout (labels like %s); tiling it as that dataset "
-                     "(--dataset %s)", req.input, spec.name, spec.label_example, spec.name)
+                     "({dataset} %s)", req.input, spec.name, spec.label_example, spec.name)
             return replace(req, dataset=spec.name)
     if req.source_mpp is None:
         from histoseg_cli.core.slides.batch import find_slides  # openslide: only for slides
@@ -122,8 +122,8 @@ def _folder_mode(req: TileRequest, slide_options: dict[str, object]) -> TileRequ
             raise UsageError(
                 f"{req.input}: {len(found)} plain images ({', '.join(PLAIN_IMAGES)}) and no "
                 f"slide files, and no patch-dataset layout fits their names (looked for "
-                f"{looked_for()}); say what they are: --dataset NAME for a patch dataset, "
-                "--masks FOLDER for images with masks, --source-mpp UM_PER_PX to tile them "
+                f"{looked_for()}); say what they are: {{dataset}} NAME for a patch dataset, "
+                "{masks} FOLDER for images with masks, {source_mpp} UM_PER_PX to tile them "
                 "as slides")
     return req
 
@@ -135,10 +135,10 @@ def _slides(req: TileRequest, reporter: Reporter) -> RunOutcome:
 
     single_file = req.output.suffix.lower() in ARTIFACT_SUFFIXES
     if single_file and req.input.is_dir():
-        raise UsageError(f"-o {req.output}: slides need an output folder (one .h5 per slide) "
+        raise UsageError(f"{{output}} {req.output}: slides need an output folder (one .h5 per slide) "
                          "when INPUT is a folder")
     if req.compression is not None and req.compression not in COMPRESSIONS:
-        raise UsageError(f"expected {', '.join(COMPRESSIONS)}", f"--compression {req.compression}")
+        raise UsageError(f"expected {', '.join(COMPRESSIONS)}", f"{{compression}} {req.compression}")
     config = SlideConfig.with_defaults(
         target=None if req.mpp is None and req.magnification is None
         else Target(mpp=req.mpp, magnification=req.magnification),
@@ -172,10 +172,10 @@ def _keep_only_same(req: TileRequest, target: Path, made: Provenance) -> None:
 def _masks(req: TileRequest, config: TileConfig, reporter: Reporter) -> RunOutcome:
     assert req.masks is not None
     if not req.classes:
-        raise UsageError("--masks needs --classes (class names in mask-value order)")
+        raise UsageError("{masks} needs {classes} (class names in mask-value order)")
     names = [c.strip() for c in req.classes.split(",") if c.strip()]
     if len(names) < 1 or len(set(names)) != len(names):
-        raise UsageError("expected distinct comma-separated names", f"--classes '{req.classes}'")
+        raise UsageError("expected distinct comma-separated names", f"{{classes}} '{req.classes}'")
     palette = get_dataset(req.dataset).palette_array() if req.dataset else None
     made = _provenance(req, config, req.input)
     _keep_only_same(req, req.output, made)
@@ -190,8 +190,8 @@ def _dataset(req: TileRequest, config: TileConfig, reporter: Reporter) -> RunOut
     spec = get_dataset(req.dataset)
     splits = find_splits(req.input, spec)
     if any(split.is_labelled for split in splits):
-        _reject({"--patch-size": req.patch_size, "--stride": req.stride,
-                 "--min-fraction": req.min_fraction, "--keep-empty": req.keep_empty},
+        _reject({"{patch_size}": req.patch_size, "{stride}": req.stride,
+                 "{min_fraction}": req.min_fraction, "{keep_empty}": req.keep_empty},
                 f"to images with masks, not to {spec.name} training patches (stored "
                 "as they are); tile the val/test folders on their own to cut them")
     output = req.output
@@ -200,7 +200,7 @@ def _dataset(req: TileRequest, config: TileConfig, reporter: Reporter) -> RunOut
     else:
         if output.suffix.lower() in ARTIFACT_SUFFIXES:
             raise UsageError(f"{output}: {req.input} holds {len(splits)} splits "
-                             f"({', '.join(s.name for s in splits)}); pass a folder as -o")
+                             f"({', '.join(s.name for s in splits)}); pass a folder as {{output}}")
         targets = [output / f"{s.name}.h5" for s in splits]
     made = [_provenance(req, config, s.images) for s in splits]
     for target, provenance in zip(targets, made):  # all checked before any is written

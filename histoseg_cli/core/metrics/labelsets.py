@@ -100,10 +100,10 @@ def resolve_classes(pred: LabelSet, truth: LabelSet, given: list[str] | None) ->
     recorded = pred.class_names or truth.class_names
     if given and recorded and len(given) != len(recorded):
         raise InputError(pred.path if pred.class_names else truth.path,
-                         f"records {len(recorded)} classes {recorded}; --classes gives "
+                         f"records {len(recorded)} classes {recorded}; {{classes}} gives "
                          f"{len(given)}")
     names = given or recorded
     if not names:
-        raise InputError(truth.path, "neither side records class names; pass --classes "
+        raise InputError(truth.path, "neither side records class names; pass {classes} "
                          "(names in label order)")
     return list(names)

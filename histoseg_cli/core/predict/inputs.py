@@ -55,7 +55,7 @@ def input_mode(path: Path) -> str:
         return "images"
     raise InputError(path, "holds no slides and no images (expected .svs/.ndpi/.mrxs/tiled "
                      f"TIFF slides, or {'/'.join(IMAGE_SUFFIXES)} images); for a patch dataset "
-                     "folder pass --dataset")
+                     "folder pass {dataset}")
 
 
 def slides_in(folder: Path, exclude: Path | None = None) -> list[Path]:

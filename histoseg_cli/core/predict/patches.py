@@ -37,7 +37,7 @@ def predict_artifact(input_path: Path, output: Path, predictor: Predictor,
     """Write the predictions artifact ``output`` for the patches artifact ``input_path``."""
     if output.resolve() == input_path.resolve():
         raise UsageError(f"{output} is the input artifact; write the predictions elsewhere",
-                         option="--output")
+                         setting="output")
     with Artifact(input_path) as source:
         _check(source, predictor)
         names = source.names()

@@ -44,8 +44,8 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise UsageError("must be at least 1", option="--batch-size")
-        check_choice(self.precision, PRECISIONS, "--precision")
+            raise UsageError("must be at least 1", setting="batch_size")
+        check_choice(self.precision, PRECISIONS, "precision")
 
 
 @dataclass
@@ -112,7 +112,7 @@ class Predictor:
         if config.compile:
             engine.model = torch.compile(engine.model)
         if card.gate == "none" and config.gate.enabled:
-            log.warning("no gate: %s has no gate head and no --classifier was given; "
+            log.warning("no gate: %s has no gate head and no {classifier} was given; "
                         "predicting ungated", card.sources["segmenter"])
         return cls(engine, card, config)
 
@@ -182,7 +182,7 @@ def open_exported(path: Path, classifier: Path | None, device: torch.device,
     """The ONNX Runtime or TensorRT engine of an exported model; its gate is fixed inside."""
     if classifier is not None:
         raise UsageError(f"{path.name} carries its gate inside (exported with it); drop "
-                         "--classifier", option="--classifier")
+                         "{classifier}", setting="classifier")
     if path.suffix.lower() == ".onnx":
         engine = OnnxEngine.open(path, device)
     else:
@@ -190,7 +190,7 @@ def open_exported(path: Path, classifier: Path | None, device: torch.device,
     baked = engine.card.gate_threshold
     asked = config.gate.threshold if config.gate.enabled else None
     if engine.card.gate != "none" and baked != asked:
-        raise UsageError(f"{path.name} was exported with the gate "
-                         f"{'off' if baked is None else f'at {baked}'}; export it again to "
-                         "change that", option="--gate-threshold/--no-gate")
+        raise UsageError(f"{{gate_threshold}}/{{no_gate}}: {path.name} was exported with the "
+                         f"gate {'off' if baked is None else f'at {baked}'}; export it again "
+                         "to change that")
     return engine

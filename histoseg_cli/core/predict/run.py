@@ -23,7 +23,8 @@ from rich.table import Table
 from histoseg_cli.core.atomic import check_writable
 from histoseg_cli.core.distributed import DistContext
 from histoseg_cli.core.errors import HistosegError, InputError, UsageError
-from histoseg_cli.core.folder_run import MANIFEST, FailureLog, RunOutcome, write_manifest
+from histoseg_cli.core.folder_run import (MANIFEST, FailureLog, RunOutcome, describe_failure,
+                                          write_manifest)
 from histoseg_cli.core.imageio import list_images
 from histoseg_cli.core.predict.cohort import read_areas, summary_row, write_summary
 from histoseg_cli.core.predict.images import ImageTargets, predict_image_file
@@ -96,11 +97,11 @@ class Job:
 
 def _folder_output(req: PredictRequest) -> Path:
     if req.output.suffix.lower() in ARTIFACT_SUFFIXES + (".png",):
-        raise UsageError(f"{req.output}: {req.input} is a folder, so -o must be a folder",
-                         option="--output")
+        raise UsageError(f"{req.output}: {req.input} is a folder, so {{output}} must be a folder",
+                         setting="output")
     if req.output.resolve() == req.input.resolve():
         raise UsageError(f"{req.output} is the input folder; label PNGs named like the "
-                         "images would replace them: write them elsewhere", option="--output")
+                         "images would replace them: write them elsewhere", setting="output")
     return req.output
 
 
@@ -141,7 +142,7 @@ def slide_config(req: PredictRequest, predictor: Predictor) -> SlideConfig:
         target = Target(mpp=predictor.mpp) if predictor.mpp else req.slides.target
         if not predictor.mpp:
             log.warning("the segmenter records no resolution; predicting slides at %s "
-                        "(set --mpp or --magnification)", target.describe())
+                        "(set {mpp} or {magnification})", target.describe())
     return replace(req.slides, target=target, patch_size=predictor.patch_size,
                    stride=req.stride or req.slides.stride)
 
@@ -162,8 +163,8 @@ def check_output(req: PredictRequest, mode: str) -> None:
         kinds = {"artifact": "a patches artifact", "image": "an image", "images": "a folder "
                  "of images", "slide": "a slide", "slides": "a folder of slides"}
         fits = " or ".join([*allowed, "a folder"])
-        raise UsageError(f"{req.output}: {req.input} is {kinds[mode]}, so -o is {fits}, not "
-                         f"a {suffix} file", option="--output")
+        raise UsageError(f"{req.output}: {req.input} is {kinds[mode]}, so {{output}} is {fits}, not "
+                         f"a {suffix} file", setting="output")
     check_writable(req.output, folder=suffix not in allowed)
 
 
@@ -182,7 +183,7 @@ def run_predict(req: PredictRequest, device: str = "auto", reporter: Reporter = 
         if req.stride is not None and req.stride > predictor.patch_size:
             raise UsageError(f"{req.stride} is larger than the segmenter's {predictor.patch_size}"
                              " px window and would leave unpredicted gaps; use at most "
-                             f"{predictor.patch_size}", option="--stride")
+                             f"{predictor.patch_size}", setting="stride")
         slides = slide_config(req, predictor) if mode in ("slide", "slides") else None
         predictor.provenance = predictor.provenance_for(
             req.segmenter, req.classifier, result_settings(req, mode, predictor, slides))
@@ -194,7 +195,7 @@ def run_predict(req: PredictRequest, device: str = "auto", reporter: Reporter = 
             if kept:  # made the same way: kept as it is; otherwise refused
                 check_kept([(out, recorded_provenance(out))], predictor.provenance)
                 log.info("%s: complete, made by the same model and settings; kept "
-                         "(--overwrite redoes it)", out)
+                         "({overwrite} redoes it)", out)
             result = ({"input": str(req.input), "output": str(out), "status": "skipped"}
                       if kept else predict_artifact(req.input, out, predictor, reporter)) \
                 if ctx.is_main else {}
@@ -232,7 +233,7 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor,
     for job in complete:
         job.status = "skipped"
         job.result = {"output": str(job.targets.output)}
-        log.info("%s: outputs complete, skipped (--overwrite redoes them)", job.input.name)
+        log.info("%s: outputs complete, skipped ({overwrite} redoes them)", job.input.name)
         failures.success()
     todo = [job for job in mine if job.status == "pending"]
     summarised = 0.0  # when the cohort summary was last rewritten mid-run
@@ -316,8 +317,7 @@ def _run_one(job: Job, prepared: Future[PreparedSlide | None], predictor: Predic
         if isinstance(err, BrokenProcessPool):  # a reading worker died (corrupt file?)
             strips.reset()
         job.status = "failed"
-        job.error = str(err) if isinstance(err, HistosegError) else (
-            f"{job.input}: {type(err).__name__}: {err}")
+        job.error = describe_failure(job.input, err)
         failures.failure(job.input, job.error, err)
         log.debug("details", exc_info=True)
 

@@ -35,11 +35,11 @@ class Shard:
         """``K/N`` with 0 <= K < N (a usage error otherwise)."""
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
         if match is None:
-            raise UsageError(f"'{text}': expected K/N, e.g. 0/4 (K from 0 to N-1)", "--shard")
+            raise UsageError(f"'{text}': expected K/N, e.g. 0/4 (K from 0 to N-1)", "shard")
         index, count = int(match.group(1)), int(match.group(2))
         if count < 1 or not 0 <= index < count:
             raise UsageError(f"'{text}': K must be from 0 to N-1 (here 0 to {count - 1})",
-                             "--shard")
+                             "shard")
         return cls(index, count)
 
     def take(self, items: Sequence[T]) -> list[T]:
@@ -74,5 +74,5 @@ def read_shard_rows(paths: list[Path], made_by: str = "", own: Path | None = Non
         (a, first), (b, second) = list(made.items())[:2]
         raise HistosegError(f"{first} and {second} were made by different models or settings "
                             f"({a} vs {b}); rerun the shards with the same ones, or write "
-                            "them to different -o folders")
+                            "them to different {output} folders")
     return rows

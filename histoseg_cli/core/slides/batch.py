@@ -21,7 +21,7 @@ from rich.table import Table
 
 from histoseg_cli.core.data.reader import Artifact, recorded_provenance
 from histoseg_cli.core.errors import HistosegError, InputError
-from histoseg_cli.core.folder_run import MANIFEST, FailureLog, write_manifest
+from histoseg_cli.core.folder_run import MANIFEST, FailureLog, describe_failure, write_manifest
 from histoseg_cli.core.provenance import check_kept
 from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.parallel import ordered_futures
@@ -116,7 +116,7 @@ def find_slides(source: Path, exclude: Path | None = None) -> list[Path]:
         found.append(path)
     if not found:
         raise InputError(source, f"no slide files found (expected {', '.join(SLIDE_SUFFIXES)});"
-                         " for a patch dataset pass --dataset, for images with masks --masks")
+                         " for a patch dataset pass {dataset}, for images with masks {masks}")
     return found
 
 
@@ -149,14 +149,6 @@ def _write_manifest(path: Path, outcomes: Iterable[SlideOutcome]) -> Path:
     return write_manifest(path, MANIFEST_FIELDS, (o.row() for o in outcomes))
 
 
-def _describe_failure(slide: Path, err: BaseException) -> str:
-    if isinstance(err, HistosegError):
-        return str(err)
-    if isinstance(err, BrokenProcessPool):
-        return f"{slide}: a worker process died while reading it (corrupt file?)"
-    return f"{slide}: {type(err).__name__}: {err}"
-
-
 def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: int = 1,
                 overwrite: bool = False, reporter: Reporter = SILENT,
                 artifact: Path | None = None) -> BatchSummary:
@@ -184,12 +176,12 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
         else:
             done[i] = SlideOutcome(slide, "skipped", artifact, preview, existing)
             failures.success()
-            log.info("%s: complete output %s, skipped (--overwrite redoes it)", slide.name,
+            log.info("%s: complete output %s, skipped ({overwrite} redoes it)", slide.name,
                      artifact)
     outcomes = lambda: [done[k] for k in sorted(done)]  # noqa: E731
 
     def fail(i: int, err: BaseException) -> None:
-        message = _describe_failure(slides[i], err)
+        message = describe_failure(slides[i], err)
         failures.failure(slides[i], message, err)
         log.debug("details", exc_info=err)
         done[i] = SlideOutcome(slides[i], "failed", *targets[i], error=message)

@@ -74,15 +74,15 @@ class SlideConfig:
 
     def __post_init__(self) -> None:
         if self.patch_size < 8:
-            raise UsageError("--patch-size must be at least 8")
+            raise UsageError("{patch_size} must be at least 8")
         if self.stride is not None and self.stride < 1:
-            raise UsageError("--stride must be positive")
+            raise UsageError("{stride} must be positive")
         if not 0.0 <= self.min_tissue <= 1.0:
-            raise UsageError("--min-tissue must be between 0 and 1")
+            raise UsageError("{min_tissue} must be between 0 and 1")
         if self.thumbnail_size < 64:
-            raise UsageError("--thumbnail-size must be at least 64")
+            raise UsageError("{thumbnail_size} must be at least 64")
         if self.compression not in (None, "gzip", "lzf"):
-            raise UsageError(f"--compression {self.compression}: expected none, gzip or lzf")
+            raise UsageError(f"{{compression}} {self.compression}: expected none, gzip or lzf")
 
     @property
     def step(self) -> int:
@@ -199,7 +199,7 @@ def prepare_slide(path: Path, config: SlideConfig, preview: bool = True) -> Prep
             raise InputError(path, f"no tissue found: none of the {n_grid} grid tiles has "
                              f"{config.min_tissue:.0%} tissue (tissue is "
                              f"{plan.tissue.fraction:.1%} of the thumbnail); lower "
-                             "--min-tissue or check the slide")
+                             "{min_tissue} or check the slide")
         image = (render_preview(plan.thumbnail, plan.tissue, plan.coords,
                                 plan.tile_size_level0, plan.thumbnail_scale)
                  if preview else None)

@@ -1,7 +1,7 @@
 """Which pyramid level to read, and how much to shrink it, for a target mpp or magnification.
 
 Magnification and mpp are tied by the usual convention 10x = 1.0 um/px (20x = 0.5, 40x = 0.25).
-The slide's own resolution comes from ``--source-mpp`` when given, else its recorded mpp, else
+The slide's own resolution comes from ``source_mpp`` when given, else its recorded mpp, else
 its objective power; a slide with none of these cannot be tiled at a physical resolution.
 """
 
@@ -26,9 +26,9 @@ class Target:
 
     def __post_init__(self) -> None:
         if (self.mpp is None) == (self.magnification is None):
-            raise UsageError("give one of --mpp or --magnification, not both")
+            raise UsageError("give one of {mpp} or {magnification}, not both")
         if (self.mpp or 1.0) <= 0 or (self.magnification or 1.0) <= 0:
-            raise UsageError("--mpp and --magnification must be positive")
+            raise UsageError("{mpp} and {magnification} must be positive")
 
     def describe(self) -> str:
         return f"{self.mpp:g} mpp" if self.mpp is not None else f"{self.magnification:g}x"
@@ -40,7 +40,7 @@ class Resolution:
 
     source_mpp: float  # um/px at level 0
     source_magnification: float
-    source_origin: str  # "recorded mpp", "objective power" or "--source-mpp"
+    source_origin: str  # "recorded mpp", "objective power" or "given"
     downsample: float  # level-0 pixels per target pixel
     level: int  # pyramid level read
     level_downsample: float
@@ -62,15 +62,15 @@ class Resolution:
 def _source(info: SlideInfo, source_mpp: float | None) -> tuple[float, float, str]:
     if source_mpp is not None:
         if source_mpp <= 0:
-            raise UsageError("--source-mpp must be positive")
-        return source_mpp, MPP_AT_10X * 10 / source_mpp, "--source-mpp"
+            raise UsageError("{source_mpp} must be positive")
+        return source_mpp, MPP_AT_10X * 10 / source_mpp, "given"
     if info.mpp is not None:
         power = info.objective_power or MPP_AT_10X * 10 / info.mpp
         return info.mpp, power, "recorded mpp"
     if info.objective_power is not None:
         return MPP_AT_10X * 10 / info.objective_power, info.objective_power, "objective power"
     raise InputError(info.path, "the slide records no resolution (no mpp, no objective power); "
-                     "pass --source-mpp with its level-0 um/px (e.g. 0.25 for 40x, 0.5 for 20x)")
+                     "pass {source_mpp} with its level-0 um/px (e.g. 0.25 for 40x, 0.5 for 20x)")
 
 
 def choose_resolution(info: SlideInfo, target: Target,
@@ -85,7 +85,7 @@ def choose_resolution(info: SlideInfo, target: Target,
     if downsample < 1 - TOLERANCE:
         raise InputError(info.path, f"target {target.describe()} is finer than the slide's "
                          f"level 0 ({mpp0:g} mpp, {mag0:g}x; from {origin}); choose a coarser "
-                         "--mpp or a lower --magnification")
+                         "{mpp} or a lower {magnification}")
     levels = info.level_downsamples
     level = max((i for i, d in enumerate(levels) if d <= downsample * (1 + TOLERANCE)), default=0)
     if abs(downsample / levels[level] - 1) <= TOLERANCE:

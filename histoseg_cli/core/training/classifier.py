@@ -61,7 +61,7 @@ class ClassifierTask(TrainTask):
         try:
             backbone = build_backbone(cfg.backbone, **cfg.backbone_kwargs)
         except (ValueError, TypeError) as err:
-            raise UsageError(str(err), "--backbone") from None
+            raise UsageError(str(err), "backbone") from None
         pda = ProgressiveDropoutAttention(form=cfg.pda) if cfg.pda != "off" else None
         return PatchClassifier(backbone, len(sources.class_names), pda=pda, dropout=cfg.dropout)
 

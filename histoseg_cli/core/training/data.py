@@ -27,7 +27,7 @@ def train_labels(artifact: Artifact, batch_size: int | None = None) -> np.ndarra
         raise InputError(artifact.path, "holds no patches; expected a non-empty training set")
     if batch_size is not None and len(artifact) < batch_size:
         raise InputError(artifact.path, f"holds {len(artifact)} patches, fewer than the batch "
-                         f"size {batch_size}; lower --batch-size")
+                         f"size {batch_size}; lower {{batch_size}}")
     if not artifact.has_labels:
         raise InputError(artifact.path, "has no 'labels' dataset; expected patch-level labels "
                          "(import labelled patches with `histoseg tile`)")

@@ -146,7 +146,7 @@ class _Loop:
         if cfg.resume:
             if not run.has_run():
                 raise InputError(run.root, f"nothing to resume (no {run.checkpoint.name}); "
-                                 "start a new run without --resume")
+                                 "start a new run without {resume}")
             self._payload = read_checkpoint(run.checkpoint)
             if self._payload["task"] != task.name:
                 raise InputError(run.checkpoint, f"holds a {self._payload['task']} run; "
@@ -157,7 +157,7 @@ class _Loop:
                      run.root, info["epoch"], cfg.epochs)
         elif run.has_run() and not cfg.overwrite:
             raise UsageError(f"{run.root} already holds a run ({run.checkpoint.name}); "
-                             "pass --resume to continue it or --overwrite to start again")
+                             "pass {resume} to continue it or {overwrite} to start again")
         task.preflight()
         sources = self.prepare(cfg.data, cfg.val, cfg.dataset, run.root / "data", cfg.workers,
                                self.reporter)
@@ -171,7 +171,7 @@ class _Loop:
                                  f"({', '.join(saved)})")
         if cfg.batch_size % self.ctx.world_size:
             raise UsageError(f"{cfg.batch_size} is not divisible by the {self.ctx.world_size} "
-                             "processes", "--batch-size")
+                             "processes", "batch_size")
         return sources
 
     def _commit(self, sources: DataSources) -> None:
@@ -302,7 +302,7 @@ class _Loop:
         seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             raise HistosegError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); "
-                                "lower --lr")
+                                "lower {lr}")
         return {"epoch": epoch + 1, "iteration": (epoch + 1) * steps, "lr": lr,
                 "head_lr": lr * cfg.head_lr_mult, **extra, "train_loss": round(train_loss, 6),
                 "images_per_s": round(steps * cfg.batch_size / seconds, 2),

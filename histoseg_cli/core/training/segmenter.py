@@ -79,8 +79,8 @@ class SegmenterTask(TrainTask):
             names, size = train.class_names, train.meta.patch_size
             self._meta = train.meta
             if cfg.masks and not train.has_masks:
-                raise InputError(sources.train, "has no 'masks' dataset; --masks trains on "
-                                 "ground-truth masks (tile images with --masks to keep them)")
+                raise InputError(sources.train, "has no 'masks' dataset; {masks} trains on "
+                                 "ground-truth masks (tile images with {masks} to keep them)")
         if size % cfg.output_stride:
             raise InputError(sources.train, f"patch size {size} is not divisible by the "
                              f"encoder's output stride {cfg.output_stride}; tile with a "
@@ -124,7 +124,7 @@ class SegmenterTask(TrainTask):
                              f"(it has {', '.join(available)})")
         if cfg.lambdas is not None and len(cfg.lambdas) != len(wanted):
             raise UsageError(f"{len(cfg.lambdas)} weights for {len(wanted)} layers "
-                             f"({', '.join(wanted)})", "--lambdas")
+                             f"({', '.join(wanted)})", "lambdas")
         lambdas = cfg.lambdas or _default_lambdas(len(wanted))
         self._layers, self._lambdas = list(wanted), list(lambdas)
         self._layer_index = [available.index(layer) for layer in wanted]
@@ -136,7 +136,7 @@ class SegmenterTask(TrainTask):
                              gate_head=cfg.gate_head)
         except (KeyError, ValueError) as err:
             raise UsageError(f"not an encoder segmentation-models-pytorch knows ({err})",
-                             f"--encoder {cfg.encoder}") from None
+                             f"{{encoder}} {cfg.encoder}") from None
 
     def load_pretrained(self, model: nn.Module) -> None:
         assert self.config.pretrained is not None
