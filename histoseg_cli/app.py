@@ -1,4 +1,5 @@
-"""The ``histoseg`` command: a Typer app whose subcommands live in ``histoseg_cli.commands``."""
+"""The ``histoseg`` app: the command group, ``--version``, and the command modules in pipeline
+order (each registers itself through ``commands.runner.command``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated
 import typer
 
 from histoseg_cli import __version__
-from histoseg_cli.cli import OneLineUsageErrors
+from histoseg_cli.commands.runner import OneLineUsageErrors
 
 #: Command modules, in the order of the pipeline; each registers itself on ``app``.
 COMMAND_MODULES = (

@@ -225,7 +225,9 @@ def test_every_setting_in_core_messages_is_a_flag():
     a flag they can type, and the flag's name comes from the command's declaration."""
     import re
 
-    from histoseg_cli.cli import flag_table
+    import logging
+
+    from histoseg_cli.commands.runner import _FlagNames, flag_table
     from histoseg_cli.core.errors import render_settings
 
     flags: dict[str, str] = {}
@@ -236,3 +238,7 @@ def test_every_setting_in_core_messages_is_a_flag():
     assert named and named <= set(flags), sorted(named - set(flags))
     assert flags["batch_size"] == "--batch-size" and flags["output"] == "--output"
     assert render_settings("lower {batch_size}", flags.get) == "lower --batch-size"
+    record = logging.LogRecord("histoseg", logging.INFO, "", 0,
+                               "%s: skipped ({overwrite} redoes it)", ("a.svs",), None)
+    _FlagNames(flags.get).filter(record)  # what the runner puts on every command's log
+    assert record.getMessage() == "a.svs: skipped (--overwrite redoes it)"

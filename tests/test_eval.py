@@ -15,7 +15,7 @@ from histoseg_cli.app import app
 from histoseg_cli.core.data.format import ArtifactMeta
 from histoseg_cli.core.data.writer import ArtifactWriter
 from histoseg_cli.core.imageio import save_label_png
-from histoseg_cli.core.metrics.evaluate import evaluate
+from histoseg_cli.core.metrics.evaluate import EvalRequest, run_eval
 
 CLASSES = ["a", "b", "c", "d"]
 PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 255, 255]],
@@ -48,7 +48,7 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_pooled_scores_match_the_hand_computed_matrix(folders: tuple[Path, Path]):
     pred, gt = folders
-    result = evaluate(pred, gt)
+    result = run_eval(EvalRequest(pred, gt))
     # pixels kept: image one 4 (truth a a b b -> pred a b b c), image two 4 (b b a a -> b c a bg)
     # rows truth a, b, c, d; columns a, b, c, d, other
     assert result.matrix.matrix.tolist() == [[2, 1, 0, 0, 1], [0, 2, 2, 0, 0],

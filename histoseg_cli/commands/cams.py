@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from histoseg_cli.app import app
-from histoseg_cli.cli import Output, command
+from histoseg_cli.commands.runner import Output, command
 from histoseg_cli.commands.options import Device, Overwrite, Precision
 from histoseg_cli.core.defaults import WHITE_THRESHOLD
 from histoseg_cli.core.errors import InputError
@@ -84,8 +84,7 @@ def cams(
       histoseg cams runs/cls LUAD-HistoSeg -o pseudo.h5   (the training split, imported)
     """
     from histoseg_cli.core.atomic import check_writable
-    from histoseg_cli.core.cams.run import CamsConfig, run_cams  # torch: only when running
-    from histoseg_cli.core.device import resolve_device
+    from histoseg_cli.core.cams.run import CamsConfig, CamsRequest, run_cams  # torch: now
     from histoseg_cli.core.ingest.sources import resolve_patch_input
 
     config = CamsConfig(batch_size=batch_size, background=background,
@@ -98,7 +97,6 @@ def cams(
     check_writable(output)
     artifact = resolve_patch_input(data, dataset, output.parent / f"{output.stem}.data",
                                    reporter=out.reporter)
-    summary = run_cams(classifier, artifact, output, config, resolve_device(device),
-                       out.reporter)
+    summary = run_cams(CamsRequest(classifier, artifact, output, config, device), out.reporter)
     paths = [str(summary.output)] + ([str(summary.gallery)] if summary.gallery else [])
     out.result(summary.as_dict(), paths=paths)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from histoseg_cli.app import app
-from histoseg_cli.cli import Output, command, stderr
+from histoseg_cli.commands.runner import Output, command, stderr
 
 
 @command(app, "eval", panel="Pipeline")
@@ -42,13 +42,13 @@ def evaluate(
       histoseg eval labels/ masks/ -o metrics.json   (+ metrics.confusion.png, metrics.per-image.csv)
     """
     from histoseg_cli.core.atomic import check_writable
-    from histoseg_cli.core.metrics.evaluate import evaluate as run_eval
-    from histoseg_cli.core.metrics.evaluate import scores_table, write_reports
+    from histoseg_cli.core.metrics.evaluate import (EvalRequest, run_eval, scores_table,
+                                                    write_reports)
 
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     if output is not None:
         check_writable(output)
-    result = run_eval(pred, truth, names, out.reporter)
+    result = run_eval(EvalRequest(pred, truth, names), out.reporter)
     if out.reporter.enabled:
         stderr.print(scores_table(result.scores, f"eval ({len(result.per_image)} images)"))
     paths = write_reports(result, output) if output is not None else {}

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from histoseg_cli.app import app
-from histoseg_cli.cli import Output, command
+from histoseg_cli.commands.runner import Output, command
 from histoseg_cli.commands.options import (DEFAULT_GATE_THRESHOLD, Classifier, GateThreshold,
                                           NoGate)
 
@@ -73,10 +73,10 @@ def export(
     from histoseg_cli.core.export.tensorrt_build import EngineConfig
     from histoseg_cli.core.inference.gate import GateConfig
 
-    result = run_export(ExportRequest(
+    outcome = run_export(ExportRequest(
         segmenter=segmenter, output=output, classifier=classifier, format=format,
         precision=precision, gate=GateConfig(gate_threshold, enabled=not no_gate),
         calib=calib, samples=samples,
         engine=EngineConfig(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-                            workspace_gib=workspace, timing_cache=timing_cache)))
-    out.result(result, paths=[result["output"]])
+                            workspace_gib=workspace, timing_cache=timing_cache)), out.reporter)
+    out.result(outcome.payload, paths=outcome.paths)

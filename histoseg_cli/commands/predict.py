@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from histoseg_cli.app import app
-from histoseg_cli.cli import Output, command
+from histoseg_cli.commands.runner import Output, command
 from histoseg_cli.commands.options import (DEFAULT_GATE_THRESHOLD, RUN, Classifier, Compile,
                                           Device, GateThreshold, Magnification, MinTissue, Mpp,
                                           NoGate, Overwrite, Precision, ReaderWorkers,
@@ -107,9 +107,8 @@ def predict(
         target=target, slides=SlideConfig.with_defaults(
             source_mpp=source_mpp, min_tissue=min_tissue, thumbnail_size=thumbnail_size),
         stride=stride, workers=workers or default_readers(), geojson=geojson,
-        labels_tiff=labels_tiff,
-        overwrite=overwrite, shard=Shard.parse(shard) if shard is not None else None),
-        device=device, reporter=out.reporter)
+        labels_tiff=labels_tiff, overwrite=overwrite,
+        shard=Shard.parse(shard) if shard is not None else None, device=device), out.reporter)
     if outcome.main:
         out.result(outcome.payload, paths=outcome.paths)
     if outcome.error:

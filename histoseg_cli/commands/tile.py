@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from histoseg_cli.app import app
-from histoseg_cli.cli import Output, command
+from histoseg_cli.commands.runner import Output, command
 from histoseg_cli.commands.options import (Magnification, MinTissue, Mpp, Overwrite, SourceMpp,
                                           ThumbnailSize)
 from histoseg_cli.core.defaults import MAX_READERS

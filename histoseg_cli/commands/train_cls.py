@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from histoseg_cli.app import app
-from histoseg_cli.cli import Output, command
+from histoseg_cli.commands.runner import Output, command
 from histoseg_cli.commands import options as opt
 from histoseg_cli.core.data.layouts import DATASETS
 
@@ -110,7 +110,7 @@ def train_cls(
     """
     from histoseg_cli.core.ingest.sources import resolve_sources  # torch: only when running
     from histoseg_cli.core.models import MuSchedule
-    from histoseg_cli.core.training import ClassifierConfig, ClassifierTask, train
+    from histoseg_cli.core.training import ClassifierConfig, run_train
 
     config = ClassifierConfig(
         data=str(data), run_dir=str(output), val=str(val) if val else None, dataset=dataset,
@@ -122,6 +122,6 @@ def train_cls(
         flips=flips, color_jitter=color_jitter, precision=precision,
         channels_last=channels_last, compile=compile_, workers=workers, device=device,
         seed=seed, deterministic=deterministic, resume=resume, overwrite=overwrite)
-    result = train(ClassifierTask(config), resolve_sources, out.reporter)
+    result = run_train(config, resolve_sources, out.reporter)
     if result.is_main:
         out.result(result.as_dict(), paths=[str(result.checkpoint)])

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from histoseg_cli.app import app
-from histoseg_cli.cli import Output, command
+from histoseg_cli.commands.runner import Output, command
 from histoseg_cli.commands import options as opt
 
 DATA, MODEL, LOSS = "Data", "Model", "Loss"
@@ -112,7 +112,7 @@ def train_seg(
       histoseg train-seg train.h5 --masks --val val.h5 -o runs/seg-full   (fully supervised)
     """
     from histoseg_cli.core.ingest.sources import resolve_sources  # torch: only when running
-    from histoseg_cli.core.training import SegmenterConfig, SegmenterTask, train
+    from histoseg_cli.core.training import SegmenterConfig, run_train
 
     config = SegmenterConfig(
         data=str(data), run_dir=str(output), val=str(val) if val else None, dataset=dataset,
@@ -126,6 +126,6 @@ def train_seg(
         vflip=vflip, precision=precision, channels_last=channels_last, compile=compile_,
         workers=workers, device=device, seed=seed, deterministic=deterministic, resume=resume,
         overwrite=overwrite)
-    result = train(SegmenterTask(config), resolve_sources, out.reporter)
+    result = run_train(config, resolve_sources, out.reporter)
     if result.is_main:
         out.result(result.as_dict(), paths=[str(result.checkpoint)])

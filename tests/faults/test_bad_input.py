@@ -3,7 +3,6 @@ on stderr naming the file or flag, no traceback, and nothing written anywhere.""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import h5py

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from histoseg_cli.core.cams.tta import TTA_VIEWS, averaged_maps
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.imageio import save_palette_png
 from histoseg_cli.core.defaults import PRECISIONS, WHITE_THRESHOLD, check_choice
+from histoseg_cli.core.device import resolve_device
 from histoseg_cli.core.parallel import ordered_map
 from histoseg_cli.core.progress import SILENT, Reporter
 
@@ -264,13 +265,23 @@ def _gallery(model: CamModel, source: Artifact, output: Path, config: CamsConfig
     )
 
 
-def run_cams(classifier: Path, input_path: Path, output: Path, config: CamsConfig,
-             device: torch.device, reporter: Reporter = SILENT) -> CamsSummary:
+@dataclass
+class CamsRequest:
+    """Everything ``cams`` was asked: a train-cls run, a patches artifact, where to write."""
+
+    classifier: Path  # checkpoint or run directory
+    input: Path  # patches artifact (a dataset folder is imported by the caller)
+    output: Path
+    config: CamsConfig = field(default_factory=CamsConfig)
+    device: str = "auto"
+
+
+def run_cams(req: CamsRequest, reporter: Reporter = SILENT) -> CamsSummary:
     """Load the train-cls checkpoint (file or run directory) and generate pseudo masks."""
-    if not classifier.exists():
-        raise InputError(classifier, "no such file or folder (expected a train-cls run "
+    if not req.classifier.exists():
+        raise InputError(req.classifier, "no such file or folder (expected a train-cls run "
                          "directory or checkpoint)")
-    Artifact(input_path).close()  # fail on bad input before loading a large model
-    check_writable(output)
-    model = load_cam_model(classifier, device, config.precision)
-    return generate_pseudo_masks(model, input_path, output, config, reporter)
+    Artifact(req.input).close()  # fail on bad input before loading a large model
+    check_writable(req.output)
+    model = load_cam_model(req.classifier, resolve_device(req.device), req.config.precision)
+    return generate_pseudo_masks(model, req.input, req.output, req.config, reporter)

@@ -20,6 +20,7 @@ from histoseg_cli.core.atomic import check_writable, temporary_path
 from histoseg_cli.core.data.format import names_digest
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import InputError, UsageError
+from histoseg_cli.core.folder_run import RunOutcome
 from histoseg_cli.core.export.fused import FusedGatedSegmenter
 from histoseg_cli.core.export.onnx_export import export_onnx
 from histoseg_cli.core.export.quantize import quantize_onnx
@@ -30,6 +31,7 @@ from histoseg_cli.core.inference.engine import InferenceEngine
 from histoseg_cli.core.inference.gate import GateConfig
 from histoseg_cli.core.inference.loading import load_gated
 from histoseg_cli.core.inference.onnx_runtime import OnnxEngine
+from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.inference.tensorrt_runtime import (TensorRTEngine, require_cuda,
                                                           write_sidecar)
 
@@ -129,8 +131,9 @@ def _verified(path: Path, check: Callable[[], Verification]) -> dict[str, object
         raise
 
 
-def run_export(req: ExportRequest) -> dict[str, Any]:
-    """Export, verify and describe; the result for stdout."""
+def run_export(req: ExportRequest, reporter: Reporter = SILENT) -> RunOutcome:
+    """Export, verify and describe; the result for stdout. (One step: ``reporter`` is taken
+    for the shape every stage has.)"""
     fmt, precision = req.resolved_format, req.resolved_precision
     for path, what in ((req.segmenter, "a train-seg run directory or checkpoint"),
                        (req.classifier, "a train-cls run directory or checkpoint")):
@@ -174,4 +177,4 @@ def run_export(req: ExportRequest) -> dict[str, Any]:
         log.info("%s vs PyTorch on %d patches of %s: %.4f%% of pixels labelled alike, max "
                  "probability difference %.2g", name, check["patches"], source,
                  100 * check["label_agreement"], check["max_prob_diff"])
-    return result
+    return RunOutcome(result, [str(req.output)])

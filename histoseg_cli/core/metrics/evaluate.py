@@ -49,14 +49,22 @@ def _size(a: np.ndarray) -> str:
     return f"{a.shape[1]}x{a.shape[0]} px" if a.ndim == 2 else f"shape {a.shape}"
 
 
-def evaluate(pred_path: Path, truth_path: Path, classes: list[str] | None = None,
-             reporter: Reporter = SILENT) -> Evaluation:
-    """Score the label maps at ``pred_path`` against those at ``truth_path`` (artifacts or
-    folders of label PNGs, matched by name)."""
-    truth = open_label_set(truth_path, prefer=("masks",))
-    pred = open_label_set(pred_path)
+@dataclass
+class EvalRequest:
+    """Everything ``eval`` was asked: predicted label maps and their ground truth (artifacts
+    or folders of label PNGs, matched by name), and class names when neither records them."""
+
+    pred: Path
+    truth: Path
+    classes: list[str] | None = None
+
+
+def run_eval(req: EvalRequest, reporter: Reporter = SILENT) -> Evaluation:
+    """Score the predicted label maps against the ground truth."""
+    truth = open_label_set(req.truth, prefer=("masks",))
+    pred = open_label_set(req.pred)
     names = match(pred, truth)
-    class_names = resolve_classes(pred, truth, classes)
+    class_names = resolve_classes(pred, truth, req.classes)
     c = len(class_names)
     pooled = ConfusionMatrix(class_names)
     rows = []

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from histoseg_cli.core.atomic import check_writable
 from histoseg_cli.core.distributed import DistContext
-from histoseg_cli.core.errors import HistosegError, InputError, UsageError
+from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.folder_run import (MANIFEST, FailureLog, RunOutcome, describe_failure,
                                           write_manifest)
 from histoseg_cli.core.imageio import list_images
@@ -67,6 +67,7 @@ class PredictRequest:
     labels_tiff: bool = False  # slides: the label map as a pyramidal TIFF for slide viewers
     overwrite: bool = False
     shard: Shard | None = None  # one of N array jobs over the same folder
+    device: str = "auto"
 
 
 @dataclass
@@ -168,8 +169,7 @@ def check_output(req: PredictRequest, mode: str) -> None:
     check_writable(req.output, folder=suffix not in allowed)
 
 
-def run_predict(req: PredictRequest, device: str = "auto", reporter: Reporter = SILENT
-                ) -> RunOutcome:
+def run_predict(req: PredictRequest, reporter: Reporter = SILENT) -> RunOutcome:
     """Check the input, load the networks, predict, and say what was written."""
     mode = input_mode(req.input)
     check_output(req, mode)
@@ -177,7 +177,7 @@ def run_predict(req: PredictRequest, device: str = "auto", reporter: Reporter = 
                        (req.classifier, "a train-cls run directory or checkpoint")):
         if path is not None and not path.exists():
             raise InputError(path, f"no such file or folder (expected {what})")
-    ctx = DistContext.from_env(device)
+    ctx = DistContext.from_env(req.device)
     try:
         predictor = Predictor.load(req.segmenter, req.classifier, ctx.device, req.config)
         if req.stride is not None and req.stride > predictor.patch_size:

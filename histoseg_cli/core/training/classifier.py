@@ -33,6 +33,7 @@ class ClassifierTask(TrainTask):
     """``histoseg train-cls``."""
 
     name = "classifier"
+    config_type = ClassifierConfig
     score_key = "mean_f1"
     curve_keys = ("mean_f1", "mean_auc", "exact_match")
     schedule_key = "mu"

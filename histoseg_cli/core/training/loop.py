@@ -33,11 +33,12 @@ from histoseg_cli.core.errors import HistosegError, InputError, UsageError
 from histoseg_cli.core.inference.engine import InferenceEngine, autocast_dtype
 from histoseg_cli.core.models.checkpoint import read_checkpoint, save_checkpoint
 from histoseg_cli.core.progress import SILENT, Reporter
+from histoseg_cli.core.training.config import TrainConfig
 from histoseg_cli.core.training.data import make_loader
 from histoseg_cli.core.distributed import DistContext
 from histoseg_cli.core.training.run_dir import RunDir
 from histoseg_cli.core.training.step import TrainStep
-from histoseg_cli.core.training.task import PrepareSources, TrainTask
+from histoseg_cli.core.training.task import TRAIN_TASKS, PrepareSources, TrainTask
 
 log = logging.getLogger("histoseg")
 
@@ -94,6 +95,15 @@ def _quiet_logs(enabled: bool) -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
+
+
+def run_train(config: TrainConfig, prepare: PrepareSources, reporter: Reporter = SILENT
+              ) -> TrainResult:
+    """Train the stage ``config`` asks for (its class picks the registered task)."""
+    task = next((cls for cls in TRAIN_TASKS.values() if type(config) is cls.config_type), None)
+    if task is None:
+        raise TypeError(f"no training task takes a {type(config).__name__}")
+    return train(task(config), prepare, reporter)
 
 
 def train(task: TrainTask, prepare: PrepareSources, reporter: Reporter = SILENT) -> TrainResult:

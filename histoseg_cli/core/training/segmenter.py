@@ -54,6 +54,7 @@ class SegmenterTask(TrainTask):
     """``histoseg train-seg``."""
 
     name = "segmenter"
+    config_type = SegmenterConfig
     score_key = "miou"
     curve_keys = ("miou", "fwiou", "accuracy")
     loss_name = "pseudo-supervision loss"

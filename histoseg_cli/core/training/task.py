@@ -41,6 +41,8 @@ class TrainTask(ABC):
 
     #: checkpoint task name ("classifier", "segmenter")
     name: ClassVar[str]
+    #: the configuration class that asks for this task
+    config_type: ClassVar[type[TrainConfig]]
     #: key of the validation dict that selects best.pt (higher is better)
     score_key: ClassVar[str]
     #: validation keys drawn in the curve's middle panel

@@ -1,4 +1,5 @@
-"""What every command shares: common options, error handling, result output.
+"""How every command runs: common options, errors as one line, results on stdout, settings
+named as flags.
 
 Each command module defines a plain function and registers it with :func:`command`, which wraps
 it so that ``HistosegError`` becomes one line on stderr and exit code 1 (2 for usage errors),
