@@ -1,6 +1,8 @@
-"""What every folder run (tile, predict, any later folder command) reports, one way: the
-manifest (one CSV row per input, rewritten atomically as inputs finish), the outcome handed
-to the command (payload, output paths, the closing error line), and the failures.
+"""Every folder run (tile, predict, any later folder command), one way: :class:`FolderRun`
+keeps the inputs' states, skips inputs whose outputs are complete (kept only if made the same
+way), prepares the next inputs while one runs, records each success and failure, rewrites the
+manifest (one CSV row per input, atomically) and words the closing line; the command gets a
+:class:`RunOutcome` (payload, output paths, the closing error line).
 
 Each failure is logged as it happens, except while every input so far has failed for one and
 the same reason: those are held back, because a folder in which everything fails for one
@@ -11,13 +13,16 @@ instead of once per input. The first success or a second reason releases them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from histoseg_cli.core.atomic import write_csv_atomic
+from histoseg_cli.core.parallel import ordered_futures
+from histoseg_cli.core.provenance import Provenance, check_kept
 
 from histoseg_cli.core.errors import HistosegError, InputError, render_settings
 
@@ -127,3 +132,80 @@ class FailureLog:
         self.release()
         return (f"{len(self.failures)} of {self.total} {self.noun} failed (first: "
                 f"{self.failures[0][1]}){see}")
+
+
+class FolderItem(Protocol):
+    """One input of a folder run: what it is, what became of it ("pending", "done",
+    "skipped", "failed") and why it failed."""
+
+    input: Path
+    status: str
+    error: str
+
+
+Item = TypeVar("Item", bound=FolderItem)
+R = TypeVar("R")
+
+
+class FolderRun(Generic[Item]):
+    """The run of one folder command over ``items``: states, skip rule, read-ahead, failures,
+    manifest (``row`` gives an item's CSV row; no manifest for a single input) and the counts
+    and closing line of the end."""
+
+    def __init__(self, items: list[Item], manifest: Path | None, fields: Sequence[str],
+                 row: Callable[[Item], Mapping[str, object]], noun: str = "inputs") -> None:
+        self.items = items
+        self.manifest = manifest
+        self.fields = fields
+        self.row = row
+        self.failures = FailureLog(len(items), noun)
+
+    def skip_complete(self, complete: Iterable[tuple[Item, Path, dict[str, Any] | None]],
+                      provenance: Provenance | None) -> list[Item]:
+        """Mark the items whose output (path, recorded provenance) is complete as skipped,
+        after refusing, before any work, outputs that another model or other settings made;
+        the items left to run."""
+        complete = list(complete)
+        check_kept([(path, recorded) for _, path, recorded in complete], provenance)
+        for item, path, _ in complete:
+            item.status = "skipped"
+            self.failures.success()
+            log.info("%s: complete output %s, skipped ({overwrite} redoes it)", item.input.name,
+                     path)
+        return [item for item in self.items if item.status == "pending"]
+
+    def ahead(self, todo: list[Item], prepare: Callable[[Item], R]
+              ) -> Iterator[tuple[Item, Future[R]]]:
+        """``todo`` with ``prepare(item)`` running in a thread for the next two (a slide is
+        opened and planned while the one before it runs); ``.result()`` raises its error."""
+        with ThreadPoolExecutor(1) as pool:
+            yield from zip(todo, ordered_futures(pool, prepare, todo, ahead=2))
+
+    def succeeded(self, item: Item) -> None:
+        item.status = "done"
+        self.failures.success()
+
+    def failed(self, item: Item, err: BaseException) -> None:
+        """``item`` failed: its one-line reason is recorded and logged (or held back while
+        everything fails for one reason); the others go on."""
+        item.status = "failed"
+        item.error = describe_failure(item.input, err)
+        self.failures.failure(item.input, item.error, err)
+        log.debug("details", exc_info=err)
+
+    def write_manifest(self, items: Iterable[Item] | None = None,
+                       path: Path | None = None) -> Path | None:
+        """Rewrite the manifest (by default this run's, with every item) atomically."""
+        path = path or self.manifest
+        if path is None:
+            return None
+        return write_manifest(path, self.fields,
+                              (self.row(i) for i in (self.items if items is None else items)))
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(i.status == s for i in self.items) for s in ("done", "skipped", "failed")}
+
+    def closing_message(self) -> str:
+        """The command's closing error line ("" when nothing failed)."""
+        return self.failures.closing_message(self.manifest) or ""
+

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,8 +23,7 @@ from rich.table import Table
 from histoseg_cli.core.atomic import check_writable
 from histoseg_cli.core.distributed import DistContext
 from histoseg_cli.core.errors import InputError, UsageError
-from histoseg_cli.core.folder_run import (MANIFEST, FailureLog, RunOutcome, describe_failure,
-                                          write_manifest)
+from histoseg_cli.core.folder_run import MANIFEST, FailureLog, FolderRun, RunOutcome
 from histoseg_cli.core.imageio import list_images
 from histoseg_cli.core.predict.cohort import read_areas, summary_row, write_summary
 from histoseg_cli.core.predict.images import ImageTargets, predict_image_file
@@ -37,7 +36,6 @@ from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.provenance import check_kept
 from histoseg_cli.core.data.reader import recorded_provenance
 from histoseg_cli.core.slides.batch import output_paths
-from histoseg_cli.core.parallel import ordered_futures
 from histoseg_cli.core.slides.extract import PreparedSlide, SlideConfig, prepare_slide
 from histoseg_cli.core.slides.resolution import Target
 from histoseg_cli.core.slides.tiler import StripReader
@@ -225,27 +223,23 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor,
                         made_by, manifest)
     slides = config is not None
     stride = req.stride or max(1, predictor.patch_size // 2)
-    failures = FailureLog(len(mine))
-    complete = [] if req.overwrite else [job for job in mine if job.targets.complete()]
-    # complete outputs are kept only if made the same way
-    check_kept([(job.targets.output, job.targets.recorded()) for job in complete],
-               predictor.provenance)
-    for job in complete:
-        job.status = "skipped"
+    run = FolderRun(mine, manifest, MANIFEST_FIELDS, lambda job: job.row(made_by))
+    complete = [] if req.overwrite else [
+        (job, job.targets.output, job.targets.recorded()) for job in mine
+        if job.targets.complete()]
+    todo = run.skip_complete(complete, predictor.provenance)
+    for job, _, _ in complete:
         job.result = {"output": str(job.targets.output)}
-        log.info("%s: outputs complete, skipped ({overwrite} redoes them)", job.input.name)
-        failures.success()
-    todo = [job for job in mine if job.status == "pending"]
     summarised = 0.0  # when the cohort summary was last rewritten mid-run
 
     def prepare(job: Job) -> PreparedSlide | None:
         return prepare_slide(job.input, config, preview=False) if config else None
 
     with StripReader(req.workers if slides else 1) as strips, \
-            reporter.bar("predict", unit="tiles") as bar, ThreadPoolExecutor(1) as preparing:
+            reporter.bar("predict", unit="tiles") as bar:
         strips.start()
         # the next slide is opened and planned while this one is predicted
-        for job, prepared in zip(todo, ordered_futures(preparing, prepare, todo, ahead=2)):
+        for job, prepared in run.ahead(todo, prepare):
             task = bar.add_task(job.input.name, total=None)
 
             def progress(done: int, total: int | None = None, task: int = task) -> None:
@@ -254,10 +248,10 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor,
                 else:
                     bar.update(task, completed=done, total=total)
 
-            _run_one(job, prepared, predictor, strips, stride, progress, failures)
+            _run_one(job, prepared, predictor, strips, stride, progress, run)
             bar.remove_task(task)
             if manifest is not None and not ctx.distributed:
-                _write_manifest(manifest, jobs, made_by)
+                run.write_manifest(jobs)
                 # mid-run summaries at most every SUMMARY_EVERY s: a large cohort would spend
                 # longer rereading area tables and drawing than predicting
                 if (mode == "slides" and req.shard is None
@@ -267,14 +261,15 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor,
     all_jobs = _gather(mine, jobs, ctx)
     seconds = time.perf_counter() - started
     summary: list[Path] = []
+    failures = run.failures
     if manifest is not None and ctx.is_main:
-        _write_manifest(manifest, all_jobs, made_by)
+        run.write_manifest(all_jobs)
         cohort = all_jobs
         if req.shard is not None:  # merge every shard's manifest found so far
             reported = read_shard_rows(req.shard.manifests(req.output), made_by, manifest)
             cohort = [job.from_row(reported[str(job.input)]) if str(job.input) in reported
                       else job for job in planned]
-            _write_manifest(req.output / MANIFEST, cohort, made_by)
+            run.write_manifest(cohort, req.output / MANIFEST)
         if mode == "slides":
             summary = _summarise(cohort, req.output, predictor)
     if ctx.distributed:  # each rank logs its own failures; the closing line counts all
@@ -297,7 +292,7 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor,
 
 def _run_one(job: Job, prepared: Future[PreparedSlide | None], predictor: Predictor,
              strips: StripReader, stride: int, progress: Callable[..., None],
-             failures: FailureLog) -> None:
+             run: FolderRun[Job]) -> None:
     try:
         if isinstance(job.targets, SlideTargets):
             job.result = predict_slide(prepared.result(), job.targets, predictor, strips,
@@ -305,8 +300,7 @@ def _run_one(job: Job, prepared: Future[PreparedSlide | None], predictor: Predic
         else:
             job.result = predict_image_file(job.input, job.targets, predictor, stride,
                                             progress)
-        job.status = "done"
-        failures.success()
+        run.succeeded(job)
         log.info("%s: %d tiles in %.1f s", job.input.name, job.result["tiles"],
                  job.result.get("seconds", 0.0) or 0.0)
     except KeyboardInterrupt:
@@ -316,10 +310,7 @@ def _run_one(job: Job, prepared: Future[PreparedSlide | None], predictor: Predic
     except Exception as err:  # noqa: BLE001 - one bad input must not stop the others
         if isinstance(err, BrokenProcessPool):  # a reading worker died (corrupt file?)
             strips.reset()
-        job.status = "failed"
-        job.error = describe_failure(job.input, err)
-        failures.failure(job.input, job.error, err)
-        log.debug("details", exc_info=True)
+        run.failed(job, err)
 
 
 def _summarise(jobs: list[Job], folder: Path, predictor: Predictor) -> list[Path]:
@@ -340,10 +331,6 @@ def _gather(mine: list[Job], jobs: list[Job], ctx: DistContext) -> list[Job]:
     parts = ctx.gather(mine)
     merged = {str(j.input): j for part in parts for j in part}
     return [merged.get(str(j.input), j) for j in jobs]
-
-
-def _write_manifest(path: Path, jobs: list[Job], made_by: str) -> Path:
-    return write_manifest(path, MANIFEST_FIELDS, (job.row(made_by) for job in jobs))
 
 
 def summary_table(jobs: list[Job], seconds: float) -> Table:

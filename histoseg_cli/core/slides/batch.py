@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,8 @@ from rich.table import Table
 
 from histoseg_cli.core.data.reader import Artifact, recorded_provenance
 from histoseg_cli.core.errors import HistosegError, InputError
-from histoseg_cli.core.folder_run import MANIFEST, FailureLog, describe_failure, write_manifest
-from histoseg_cli.core.provenance import check_kept
+from histoseg_cli.core.folder_run import MANIFEST, FolderRun
 from histoseg_cli.core.progress import SILENT, Reporter
-from histoseg_cli.core.parallel import ordered_futures
 from histoseg_cli.core.slides.extract import (SlideConfig, SlideResult, SlideTiling,
                                                prepare_slide, slide_encoder)
 from histoseg_cli.core.slides.reader import SLIDE_SUFFIXES, SlideReader
@@ -49,6 +46,10 @@ class SlideOutcome:
     patches: int | None = None
     error: str = ""
     result: SlideResult | None = None
+
+    @property
+    def input(self) -> Path:
+        return self.slide
 
     def row(self) -> dict[str, object]:
         row: dict[str, object] = {"slide": self.slide, "status": self.status,
@@ -145,10 +146,6 @@ def is_complete(artifact: Path) -> int | None:
         return None
 
 
-def _write_manifest(path: Path, outcomes: Iterable[SlideOutcome]) -> Path:
-    return write_manifest(path, MANIFEST_FIELDS, (o.row() for o in outcomes))
-
-
 def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: int = 1,
                 overwrite: bool = False, reporter: Reporter = SILENT,
                 artifact: Path | None = None) -> BatchSummary:
@@ -161,73 +158,34 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
         targets = [(artifact, artifact.with_name(artifact.stem + PREVIEW_SUFFIX))]
     else:
         targets = output_paths(slides, source, out_dir)
-    manifest = out_dir / MANIFEST
     out_dir.mkdir(parents=True, exist_ok=True)
-    done: dict[int, SlideOutcome] = {}  # by slide index, so the manifest keeps slide order
-    failures = FailureLog(len(slides))
-    complete = [None if overwrite else is_complete(a) for a, _ in targets]  # patch counts
-    # complete artifacts are kept only if tiled the same way
-    check_kept([(a, recorded_provenance(a)) for (a, _), n in zip(targets, complete)
-                if n is not None], config.provenance())
-    todo = []
-    for i, (slide, (artifact, preview), existing) in enumerate(zip(slides, targets, complete)):
-        if existing is None:
-            todo.append(i)
-        else:
-            done[i] = SlideOutcome(slide, "skipped", artifact, preview, existing)
-            failures.success()
-            log.info("%s: complete output %s, skipped ({overwrite} redoes it)", slide.name,
-                     artifact)
-    outcomes = lambda: [done[k] for k in sorted(done)]  # noqa: E731
-
-    def fail(i: int, err: BaseException) -> None:
-        message = describe_failure(slides[i], err)
-        failures.failure(slides[i], message, err)
-        log.debug("details", exc_info=err)
-        done[i] = SlideOutcome(slides[i], "failed", *targets[i], error=message)
-
-    with StripReader(workers) as strips, reporter.bar("tiling", unit="tiles") as bar, \
-            ThreadPoolExecutor(1) as preparing:
+    outcomes = [SlideOutcome(slide, "pending", *paths) for slide, paths in zip(slides, targets)]
+    run = FolderRun(outcomes, out_dir / MANIFEST, MANIFEST_FIELDS, SlideOutcome.row)
+    complete = []
+    for outcome in outcomes if not overwrite else ():
+        outcome.patches = is_complete(outcome.output)
+        if outcome.patches is not None:
+            complete.append((outcome, outcome.output, recorded_provenance(outcome.output)))
+    todo = run.skip_complete(complete, config.provenance())
+    with StripReader(workers) as strips, reporter.bar("tiling", unit="tiles") as bar:
         strips.start()
-        overall = bar.add_task(f"all slides ({len(done)}/{len(slides)})", total=None)
-
-        def items() -> Iterator[object]:
-            """Every slide's strips in one stream: the next slide is prepared (thumbnail,
-            tissue) in a thread, and its first strips read, while this one is finishing."""
-            prepared = ordered_futures(preparing, lambda i: prepare_slide(slides[i], config),
-                                       todo, ahead=2)
-            for i, future in zip(todo, prepared):
-                try:
-                    tiling = SlideTiling(future.result(), *targets[i], config)
-                except Exception as err:  # noqa: BLE001 - reported, the others go on
-                    yield _Begin(i, None, err)
-                    continue
-                yield _Begin(i, tiling)
-                yield from tiling.strips
-                yield _End(i)
-
+        overall = bar.add_task(f"all slides ({len(complete)}/{len(slides)})", total=None)
         current: _Begin | None = None
         reset = False
-        for item, future in strips.stream(items(), slide_encoder(config)):
+        for item, future in strips.stream(_strips(run, todo, config), slide_encoder(config)):
             if isinstance(item, _Begin):
                 if item.tiling is None:
-                    fail(item.index, item.error)
+                    run.failed(item.outcome, item.error)
                     continue
                 current = item
                 current.start(bar, overall)
             elif isinstance(item, _End):
-                if current is not None and current.index == item.index:
-                    result = current.finish()
-                    done[item.index] = SlideOutcome(slides[item.index], "done",
-                                                    *targets[item.index], result.patches,
-                                                    result=result)
-                    failures.success()
-                    log.info("%s: %d patches in %.1f s (%.0f tiles/s)",
-                             slides[item.index].name, result.patches, result.seconds,
-                             result.tiles_per_s)
+                if current is not None and current.outcome is item.outcome:
+                    current.finish(run)
                     current = None
-                bar.update(overall, description=f"all slides ({len(done)}/{len(slides)})")
-                _write_manifest(manifest, outcomes())
+                finished = sum(o.status != "pending" for o in outcomes)
+                bar.update(overall, description=f"all slides ({finished}/{len(slides)})")
+                run.write_manifest()
             elif current is not None:  # a strip of the current slide (a failed one's: dropped)
                 try:
                     try:
@@ -246,26 +204,42 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
                         strips.reset()
                         reset = True
                     current.abort()
-                    fail(current.index, err)
+                    run.failed(current.outcome, err)
                     current = None
-                    _write_manifest(manifest, outcomes())
+                    run.write_manifest()
         tiles = next(t.completed for t in bar.tasks if t.id == overall)
         bar.update(overall, description=f"all slides ({len(slides)}/{len(slides)})",
                    total=tiles)
-    _write_manifest(manifest, outcomes())
-    counts = {s: sum(o.status == s for o in done.values()) for s in ("done", "skipped", "failed")}
-    summary = BatchSummary(outcomes(), manifest, time.perf_counter() - start, counts)
-    if reporter.enabled and not failures.all_one_reason:  # else the closing line says it all
+    run.write_manifest()
+    summary = BatchSummary(outcomes, out_dir / MANIFEST, time.perf_counter() - start,
+                           run.counts())
+    if reporter.enabled and not run.failures.all_one_reason:  # else the closing line says it
         reporter.console.print(summary_table(summary))
-    summary.error = failures.closing_message(manifest) or ""
+    summary.error = run.closing_message()
     return summary
+
+
+def _strips(run: FolderRun[SlideOutcome], todo: list[SlideOutcome], config: SlideConfig
+            ) -> Iterator[object]:
+    """Every slide's strips in one stream between begin and end markers: the next slide is
+    prepared (thumbnail, tissue) in a thread, and its first strips read, while this one is
+    finishing."""
+    for outcome, prepared in run.ahead(todo, lambda o: prepare_slide(o.slide, config)):
+        try:
+            tiling = SlideTiling(prepared.result(), outcome.output, outcome.thumbnail, config)
+        except Exception as err:  # noqa: BLE001 - reported, the others go on
+            yield _Begin(outcome, None, err)
+            continue
+        yield _Begin(outcome, tiling)
+        yield from tiling.strips
+        yield _End(outcome)
 
 
 @dataclass
 class _Begin:
-    """Stream marker: slide ``index`` begins (its strips follow), or failed to prepare."""
+    """Stream marker: a slide begins (its strips follow), or failed to prepare."""
 
-    index: int
+    outcome: SlideOutcome
     tiling: SlideTiling | None
     error: BaseException | None = None
     task: int | None = None
@@ -287,11 +261,16 @@ class _Begin:
         self.tiling.progress = advance
         self._bar = bar
 
-    def finish(self) -> SlideResult:
+    def finish(self, run: FolderRun[SlideOutcome]) -> None:
+        """The slide's artifact is whole: record its result."""
         try:
-            return self.tiling.finish()
+            result = self.tiling.finish()
         finally:
             self._bar.remove_task(self.task)
+        self.outcome.patches, self.outcome.result = result.patches, result
+        run.succeeded(self.outcome)
+        log.info("%s: %d patches in %.1f s (%.0f tiles/s)", self.outcome.slide.name,
+                 result.patches, result.seconds, result.tiles_per_s)
 
     def abort(self) -> None:
         self.tiling.abort()
@@ -300,9 +279,9 @@ class _Begin:
 
 @dataclass
 class _End:
-    """Stream marker: slide ``index``'s strips are all through."""
+    """Stream marker: a slide's strips are all through."""
 
-    index: int
+    outcome: SlideOutcome
 
 
 def summary_table(summary: BatchSummary) -> Table:
