@@ -261,3 +261,50 @@ def test_labels_tiff_opens_in_openslide_and_equals_the_map(models: dict[str, Pat
     assert abs(width_um - source.dimensions[0] * 0.5) <= 2.0
     region = np.asarray(viewer.read_region((0, 0), 0, viewer.dimensions).convert("RGB"))
     assert np.array_equal(region, palette[labels][..., :3])  # colours from the palette
+
+
+def test_heatmaps_are_the_gated_probabilities_as_pyramids_and_pngs(models: dict[str, Path],
+                                                                   tmp_path: Path):
+    import openslide
+    import tifffile
+
+    build_pyramid_tiff(tmp_path / "in" / "s.tiff", 1600, 1200, 0.5,
+                       images=real_tissue_images(limit=4))
+    out = tmp_path / "out"
+    code, stdout, err = run(models["seg"], tmp_path / "in" / "s.tiff", "-o", out, "--mpp", 2.0,
+                            "--device", "cpu", "--heatmaps", "--json", "-q")
+    assert code == 0, err
+    result = json.loads(stdout)["inputs"][0]
+    with Artifact(out / "s.h5") as art:
+        labels = art.file["slide/labels"][:]
+        probs = art.file["slide/probabilities"][:]
+    assert probs.shape == (len(CLASSES), *labels.shape) and probs.dtype == np.uint8
+    tissue = labels < len(CLASSES)
+    assert tissue.any() and (probs[:, ~tissue] == 0).all()  # nothing outside tissue
+    total = probs[:, tissue].astype(np.int64).sum(0)
+    assert np.abs(total - 255).max() <= len(CLASSES)  # a distribution, rounded per class
+    top2 = np.sort(probs[:, tissue].astype(np.int64), axis=0)[-2:]
+    clear = top2[1] - top2[0] > 1  # not a tie after rounding to 0-255
+    # (the tiny test model is close to uniform: few pixels have a clear winner)
+    assert clear.sum() > 1000 and (probs.argmax(0)[tissue] == labels[tissue])[clear].all()
+    for i, name in enumerate(CLASSES):
+        tif = out / f"s.heatmap-{name}.tif"
+        assert result["heatmaps"][name] == str(tif)
+        with tifffile.TiffFile(tif) as f:
+            assert np.array_equal(f.pages[0].asarray(), probs[i])
+            assert f.pages[0].is_tiled and f.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
+            assert np.array_equal(f.pages[1].asarray(), probs[i, ::2, ::2])
+        viewer = openslide.OpenSlide(tif)
+        assert float(viewer.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(2.0)
+        overlay = Image.open(out / "s.overlay.png")
+        png = Image.open(out / f"s.heatmap-{name}.png")
+        assert png.height == overlay.height and png.width < overlay.width  # no legend strip
+    # a rerun keeps them; heatmaps of an image are a usage error
+    code, _, err = run(models["seg"], tmp_path / "in" / "s.tiff", "-o", out, "--mpp", 2.0,
+                       "--device", "cpu", "--heatmaps")
+    assert code == 0 and "skipped" in err
+    image = tmp_path / "img.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(image)
+    code, _, err = run(models["seg"], image, "-o", tmp_path / "img-out", "--heatmaps")
+    assert code == 2 and "--heatmaps: applies to whole slides" in err
+

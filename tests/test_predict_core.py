@@ -110,6 +110,37 @@ def test_without_overlap_labels_are_kept_instead_of_probabilities():
     assert np.array_equal(maps[0], maps[1])
 
 
+def test_probability_rows_are_the_window_average_as_uint8():
+    """Heatmap rows: overlapping windows' softmax outputs averaged, 0-255; uncovered pixels 0;
+    the labels are unchanged by asking for them (also without overlap)."""
+    rng = np.random.default_rng(2)
+    window, c = 6, 3
+    for width, height, stride in ((23, 19, 4), (24, 18, 6)):  # overlapping, then whole windows
+        origins = window_grid(width, height, window, stride)
+        probs = torch.softmax(torch.from_numpy(
+            rng.normal(size=(len(origins), c, window, window)).astype(np.float32)), dim=1)
+        full = np.zeros((c, height, width), np.float64)
+        for (x, y), p in zip(origins, probs.numpy()):
+            full[:, y:y + window, x:x + window] += p
+        expected = np.round(full / full.sum(0, keepdims=True) * 255)
+        labels, plain, heat = ArraySink(width, height, c), ArraySink(width, height, c), []
+        with_probs = BandStitcher(width, height, c, window, origins, [labels],
+                                  torch.device("cpu"), overlap=stride < window,
+                                  prob_sinks=[lambda y0, rows: heat.append((y0, rows))])
+        without = BandStitcher(width, height, c, window, origins, [plain],
+                               torch.device("cpu"), overlap=stride < window)
+        for s in range(0, len(origins), 5):
+            with_probs.add(origins[s:s + 5], probs[s:s + 5])
+            without.add(origins[s:s + 5], probs[s:s + 5])
+        with_probs.finish()
+        without.finish()
+        got = np.concatenate([rows for _, rows in heat], axis=1)
+        assert [y0 for y0, _ in heat] == sorted({y0 for y0, _ in heat})  # in row order
+        assert got.dtype == np.uint8 and got.shape == (c, height, width)
+        assert np.abs(got.astype(np.int64) - expected).max() <= 1  # float32 sums
+        assert np.array_equal(labels.labels, plain.labels)
+
+
 def test_rows_no_window_reaches_are_background():
     origins = np.array([[0, 0]])
     sink = ArraySink(6, 10, 2)

@@ -48,6 +48,10 @@ def predict(
         "--labels-tiff", help="Also write the label map as a tiled pyramidal TIFF with the class "
         "colours and the resolution recorded (NAME.labels.tif; opens in QuPath, ASAP, "
         "OpenSlide) per slide.", rich_help_panel=SLIDES)] = False,
+    heatmaps: Annotated[bool, typer.Option(
+        "--heatmaps", help="Also write each class's gated probability per slide: a pyramidal "
+        "greyscale TIFF (0-255 = 0-1; NAME.heatmap-CLASS.tif) and a tinted thumbnail PNG "
+        "beside the overlay (NAME.heatmap-CLASS.png).", rich_help_panel=SLIDES)] = False,
     workers: ReaderWorkers = None,
     overwrite: Overwrite = False,
     shard: Annotated[str | None, typer.Option(
@@ -107,7 +111,7 @@ def predict(
         target=target, slides=SlideConfig.with_defaults(
             source_mpp=source_mpp, min_tissue=min_tissue, thumbnail_size=thumbnail_size),
         stride=stride, workers=workers or default_readers(), geojson=geojson,
-        labels_tiff=labels_tiff, overwrite=overwrite,
+        labels_tiff=labels_tiff, heatmaps=heatmaps, overwrite=overwrite,
         shard=Shard.parse(shard) if shard is not None else None, device=device), out.reporter)
     if outcome.main:
         out.result(outcome.payload, paths=outcome.paths)

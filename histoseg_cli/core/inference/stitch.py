@@ -5,7 +5,9 @@ their (gated) class probabilities are averaged, and each pixel's label is the ar
 average. The stitcher keeps probabilities only for the rows still open (rows some pending
 window covers), on the device that made them, and hands finished rows, as uint8 labels, to the
 caller's sinks: memory follows the width of the map and the height of a band of windows, never
-the size of the whole map. Without overlap the open rows are held as labels, not probabilities.
+the size of the whole map. Without overlap the open rows are held as labels, not probabilities,
+unless the caller asks for the probabilities too (heatmaps): those go, averaged and scaled to
+uint8 0-255, to probability sinks row band by row band like the labels.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-#: ``sink(y0, labels)`` receives finished rows ``[y0, y0 + len(labels))`` of the map, uint8.
+#: ``sink(y0, labels)`` receives finished rows ``[y0, y0 + len(labels))`` of the map, uint8;
+#: a probability sink gets ``(y0, probs)`` with probs (C, rows, W) uint8 (255 = 1.0).
 RowSink = Callable[[int, np.ndarray], None]
 
 
@@ -44,18 +47,21 @@ class BandStitcher:
     finished once no pending window covers it, and is then labelled and passed to each sink.
     Pixels no window covers get ``background`` (e.g. outside tissue on a slide). When no two
     windows overlap (``overlap=False``: stride >= window) there is nothing to average and the
-    open rows are kept as uint8 labels, 16x less memory than float probabilities.
+    open rows are kept as uint8 labels, 16x less memory than float probabilities, unless
+    ``prob_sinks`` want the probabilities (a pixel no window covers has probability 0).
     """
 
     def __init__(self, width: int, height: int, num_classes: int, window: int,
                  origins: np.ndarray, sinks: Sequence[RowSink], device: torch.device,
-                 background: int | None = None, overlap: bool = True) -> None:
+                 background: int | None = None, overlap: bool = True,
+                 prob_sinks: Sequence[RowSink] = ()) -> None:
         self.width, self.height, self.window = width, height, window
         self.num_classes = num_classes
         self.background = num_classes if background is None else background
         self.sinks = list(sinks)
+        self.prob_sinks = list(prob_sinks)
         self.device = device
-        self.overlap = overlap
+        self.overlap = overlap or bool(self.prob_sinks)  # open rows held as probabilities
         ys, counts = np.unique(np.asarray(origins)[:, 1], return_counts=True)
         self._pending = dict(zip(ys.tolist(), counts.tolist()))
         self._top = 0  # first row not yet handed to the sinks
@@ -105,6 +111,13 @@ class BandStitcher:
         labels = band.argmax(dim=0).to(torch.uint8)
         return labels.masked_fill_(band.sum(dim=0) == 0, self.background)
 
+    def _probabilities(self, n: int) -> torch.Tensor:
+        """uint8 (C, n, W) average probabilities of the first ``n`` open rows: each window's
+        probabilities sum to 1 per pixel, so the sum over classes counts the windows."""
+        band = self._acc[:, :n]
+        covered = band.sum(dim=0, keepdim=True).clamp_min(1e-6)
+        return (band / covered * 255).round_().to(torch.uint8)
+
     def _flush(self, frontier: int) -> None:
         frontier = min(frontier, self.height)
         if frontier <= self._top:
@@ -114,6 +127,10 @@ class BandStitcher:
         rows = self._labels(n).cpu().numpy()
         for sink in self.sinks:
             sink(self._top, rows)
+        if self.prob_sinks:
+            probs = self._probabilities(n).cpu().numpy()
+            for sink in self.prob_sinks:
+                sink(self._top, probs)
         self._acc = self._acc[..., n:, :].clone()
         self._top = frontier
 
@@ -135,19 +152,23 @@ class ArraySink:
 
 class DownsampledSink:
     """Keeps a nearest-neighbour copy of the map at ``(out_w, out_h)`` (overlays, polygons):
-    output pixel (i, j) takes the label of map pixel (floor((j + .5) * sx), floor((i + .5) * sy))."""
+    output pixel (i, j) takes the label of map pixel (floor((j + .5) * sx), floor((i + .5) * sy)).
+    ``channels`` > 0: rows carry that many leading planes (probabilities, one per class)."""
 
-    def __init__(self, width: int, height: int, out_w: int, out_h: int, fill: int) -> None:
-        self.labels = np.full((out_h, out_w), fill, dtype=np.uint8)
+    def __init__(self, width: int, height: int, out_w: int, out_h: int, fill: int,
+                 channels: int = 0) -> None:
+        lead = (channels,) if channels else ()
+        self.labels = np.full((*lead, out_h, out_w), fill, dtype=np.uint8)
         self._cols = np.minimum(((np.arange(out_w) + 0.5) * width / out_w).astype(np.int64),
                                 width - 1)
         self._rows = np.minimum(((np.arange(out_h) + 0.5) * height / out_h).astype(np.int64),
                                 height - 1)
 
     def __call__(self, y0: int, rows: np.ndarray) -> None:
-        picked = np.flatnonzero((self._rows >= y0) & (self._rows < y0 + len(rows)))
+        n = rows.shape[-2]
+        picked = np.flatnonzero((self._rows >= y0) & (self._rows < y0 + n))
         if len(picked):
-            self.labels[picked] = rows[self._rows[picked] - y0][:, self._cols]
+            self.labels[..., picked, :] = rows[..., self._rows[picked] - y0, :][..., self._cols]
 
 
 class CountSink:

@@ -6,6 +6,7 @@ are the labels, class names in a text chunk), which ``eval`` reads back.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,19 @@ def save_overlay(path: Path, image: np.ndarray, labels: np.ndarray, palette: np.
     """The colour overlay of ``labels`` on ``image`` with a legend, as PNG, atomically."""
     return save_png(path, add_legend(colourise(image, labels, palette, len(class_names)),
                                      class_names, palette, counts))
+
+
+def file_safe(name: str) -> str:
+    """A class name as part of a file name (letters, digits, ``._-``; others become ``_``)."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "class"
+
+
+def save_heatmap(path: Path, image: np.ndarray, probs: np.ndarray, colour: np.ndarray) -> Path:
+    """One class's probability (uint8 0-255, same size as ``image``) as the image tinted
+    toward the class colour in proportion, as PNG, atomically."""
+    alpha = probs.astype(np.float32)[..., None] / 255 * 0.8
+    tinted = image.astype(np.float32) * (1 - alpha) + np.asarray(colour, np.float32) * alpha
+    return save_png(path, Image.fromarray(tinted.round().astype(np.uint8)))
 
 
 def class_areas(counts: np.ndarray, class_names: list[str], mpp: float | None

@@ -63,6 +63,7 @@ class PredictRequest:
     workers: int = 1
     geojson: bool = False
     labels_tiff: bool = False  # slides: the label map as a pyramidal TIFF for slide viewers
+    heatmaps: bool = False  # slides: each class's probability as a pyramidal TIFF and a PNG
     overwrite: bool = False
     shard: Shard | None = None  # one of N array jobs over the same folder
     device: str = "auto"
@@ -104,8 +105,10 @@ def _folder_output(req: PredictRequest) -> Path:
     return req.output
 
 
-def plan_jobs(req: PredictRequest, mode: str) -> list[Job]:
-    """The inputs of an image/slide request and their targets (sub-folders mirrored)."""
+def plan_jobs(req: PredictRequest, mode: str, classes: tuple[str, ...] = ()) -> list[Job]:
+    """The inputs of an image/slide request and their targets (sub-folders mirrored);
+    ``classes`` name the heatmaps when they are asked for."""
+    heatmaps = tuple(classes) if req.heatmaps else ()
     if mode == "image":
         out = req.output
         if out.suffix.lower() == ".png":
@@ -115,10 +118,10 @@ def plan_jobs(req: PredictRequest, mode: str) -> list[Job]:
         out = _folder_output(req)
         return [Job(p, ImageTargets.in_folder(p, out)) for p in list_images(req.input)]
     if mode == "slide" and req.output.suffix.lower() in ARTIFACT_SUFFIXES:
-        return [Job(req.input, SlideTargets(req.output, req.geojson, req.labels_tiff))]
+        return [Job(req.input, SlideTargets(req.output, req.geojson, req.labels_tiff, heatmaps))]
     out = req.output if mode == "slide" else _folder_output(req)
     slides = [req.input] if mode == "slide" else slides_in(req.input, exclude=out)
-    return [Job(s, SlideTargets(a, req.geojson, req.labels_tiff))
+    return [Job(s, SlideTargets(a, req.geojson, req.labels_tiff, heatmaps))
             for s, (a, _) in zip(slides, output_paths(slides, req.input, out))]
 
 
@@ -146,6 +149,9 @@ def slide_config(req: PredictRequest, predictor: Predictor) -> SlideConfig:
                    stride=req.stride or req.slides.stride)
 
 
+#: What each input kind is called in messages.
+INPUT_KINDS = {"artifact": "a patches artifact", "image": "an image", "images": "a folder of "
+               "images", "slide": "a slide", "slides": "a folder of slides"}
 #: What -o may name for each input kind: file suffixes, or a folder (no known suffix).
 OUTPUT_SUFFIXES = {"artifact": ARTIFACT_SUFFIXES, "image": (".png",), "images": (),
                    "slide": ARTIFACT_SUFFIXES, "slides": ()}
@@ -159,11 +165,9 @@ def check_output(req: PredictRequest, mode: str) -> None:
     suffix = req.output.suffix.lower()
     allowed = OUTPUT_SUFFIXES[mode]
     if suffix in FILE_SUFFIXES and suffix not in allowed:
-        kinds = {"artifact": "a patches artifact", "image": "an image", "images": "a folder "
-                 "of images", "slide": "a slide", "slides": "a folder of slides"}
         fits = " or ".join([*allowed, "a folder"])
-        raise UsageError(f"{req.output}: {req.input} is {kinds[mode]}, so {{output}} is {fits}, not "
-                         f"a {suffix} file", setting="output")
+        raise UsageError(f"{req.output}: {req.input} is {INPUT_KINDS[mode]}, so {{output}} is "
+                         f"{fits}, not a {suffix} file", setting="output")
     check_writable(req.output, folder=suffix not in allowed)
 
 
@@ -171,6 +175,10 @@ def run_predict(req: PredictRequest, reporter: Reporter = SILENT) -> RunOutcome:
     """Check the input, load the networks, predict, and say what was written."""
     mode = input_mode(req.input)
     check_output(req, mode)
+    for asked, setting in ((req.labels_tiff, "labels_tiff"), (req.heatmaps, "heatmaps")):
+        if asked and mode not in ("slide", "slides"):
+            raise UsageError(f"applies to whole slides; {req.input} is {INPUT_KINDS[mode]}",
+                             setting)
     for path, what in ((req.segmenter, "a train-seg run directory or checkpoint"),
                        (req.classifier, "a train-cls run directory or checkpoint")):
         if path is not None and not path.exists():
@@ -206,7 +214,7 @@ def run_predict(req: PredictRequest, reporter: Reporter = SILENT) -> RunOutcome:
 
 def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor,
               config: SlideConfig | None, ctx: DistContext, reporter: Reporter) -> RunOutcome:
-    planned = plan_jobs(req, mode)
+    planned = plan_jobs(req, mode, tuple(predictor.class_names))
     if not planned:
         raise InputError(req.input, "holds no images or slides to predict")
     jobs = req.shard.take(planned) if req.shard else planned
