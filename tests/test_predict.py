@@ -308,3 +308,39 @@ def test_heatmaps_are_the_gated_probabilities_as_pyramids_and_pngs(models: dict[
     code, _, err = run(models["seg"], image, "-o", tmp_path / "img-out", "--heatmaps")
     assert code == 2 and "--heatmaps: applies to whole slides" in err
 
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_share_a_slide_folder(models: dict[str, Path], tmp_path: Path):
+    """The multi-node form docs/predict.md gives (--nnodes 2, c10d rendezvous), as two
+    launchers on this machine: every slide done once, one manifest and one cohort summary
+    (rank 0 merges), the paths on stdout once."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    for i, size in enumerate((900, 700, 800)):
+        build_pyramid_tiff(tmp_path / "in" / f"s{i}.tiff", size, 600, 0.5,
+                           images=real_tissue_images(limit=2))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
+         "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id",
+         "cohort", "-m", "histoseg_cli", "predict", str(models["seg"]), str(tmp_path / "in"),
+         "-o", str(out), "--mpp", "2.0", "--device", "cpu", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [(node.wait(timeout=600), *node.communicate()) for node in nodes]
+    assert all(code == 0 for code, _, _ in results), [err[-1500:] for _, _, err in results]
+    printed = sorted(line for _, stdout, _ in results for line in stdout.split())
+    assert printed == [str(out / f"s{i}.h5") for i in range(3)]  # once, from rank 0
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert [(Path(r["input"]).name, r["status"]) for r in rows] == [
+        (f"s{i}.tiff", "done") for i in range(3)]
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert [Path(r["slide"]).name for r in summary] == [f"s{i}.tiff" for i in range(3)]
+    assert all(float(r["tissue_mm2"]) > 0 for r in summary)

@@ -25,13 +25,20 @@ def temporary_path(target: Path, tag: str = "tmp") -> Path:
 
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write; rename it to ``target`` only if the block succeeds."""
+    """Yield a temporary path to write; rename it to ``target`` only if the block succeeds.
+    An OS error that names no file (a writer library's full disk) is raised naming
+    ``target``, so the one-line message says which output failed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(target)
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(target)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

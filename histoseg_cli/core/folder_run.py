@@ -24,7 +24,7 @@ from histoseg_cli.core.atomic import write_csv_atomic
 from histoseg_cli.core.parallel import ordered_futures
 from histoseg_cli.core.provenance import Provenance, check_kept
 
-from histoseg_cli.core.errors import HistosegError, InputError, render_settings
+from histoseg_cli.core.errors import HistosegError, InputError, describe_os_error, render_settings
 
 log = logging.getLogger("histoseg")
 
@@ -49,6 +49,8 @@ def describe_failure(input: Path, err: BaseException) -> str:
         return err.where + err.template
     if isinstance(err, BrokenProcessPool):
         return f"{input}: a worker process died while reading it (corrupt file?)"
+    if isinstance(err, OSError):  # an output that could not be written (a full disk)
+        return f"{input}: {describe_os_error(err)}"
     return f"{input}: {type(err).__name__}: {err}"
 
 
