@@ -18,7 +18,14 @@ pyramidal TIFF of the tile benchmark (built once, cached), in a fresh process: t
 reading included, start-up included, and the peak RSS of the process tree (workers included).
 ``--large W,H`` runs the same on a synthetic slide of that size (at ``--large-mpp``) for the
 peak RSS: the stitched map is written band by band, so memory follows the map's width, not
-its area.
+its area. ``--slide-outputs labels-tiff,heatmaps`` adds those outputs to the command (their
+TIFFs are streamed from the artifact; the peak RSS shows whether that holds).
+
+Beside ours on each slide, a reference-style slide loop in a fresh process on the same tissue
+tiles (the first ``--reference-tiles``): OpenSlide ``read_region`` per tile, resized to the
+patch, batch 1, the classifier and the segmenter run separately in fp32 with gating on the
+host, and the whole label map held in memory, as WSSS reference code does. Ours is timed with
+the same two networks (the classifier as gate) and with the segmenter's gate head.
 
     PYTHONPATH=. python benchmarks/bench_predict.py --encoder resnet18 --width 0.25 --patches 32
     PYTHONPATH=. python benchmarks/bench_predict.py --encoder resnet101 --patches 64 --device cuda
@@ -140,11 +147,42 @@ def bench_patches(args: argparse.Namespace, device: torch.device) -> None:
             print(f"  {'':34s} label agreement with the reference: {agree:.4%} of pixels")
 
 
+def reference_slide(args: argparse.Namespace) -> None:
+    """The reference-style loop (this process is the child ``run_tree`` measures)."""
+    import openslide
+    from PIL import Image
+
+    from histoseg_cli.core.slides.extract import SlideConfig, prepare_slide
+    from histoseg_cli.core.slides.resolution import Target
+
+    paths = checkpoints(args)
+    classifier = load_model(paths["cls"], torch.device("cpu")).model.eval()
+    segmenter = load_model(paths["seg"], torch.device("cpu")).model.eval()
+    slide = Path(args.reference_slide)
+    config = SlideConfig(target=Target(mpp=args.reference_mpp), patch_size=args.size)
+    prepared = prepare_slide(slide, config, preview=False)
+    plan = prepared.plan
+    prepared.reader.close()
+    res = plan.resolution
+    labels = np.full((plan.grid.height, plan.grid.width), len(CLASSES), np.uint8)  # in RAM
+    osr = openslide.OpenSlide(str(slide))
+    side = round(args.size * res.scale)
+    start = time.perf_counter()
+    tiles = plan.tiles[:args.reference_tiles]
+    for x, y in tiles:
+        x0, y0 = (int(round(v * res.downsample)) for v in (x, y))
+        region = osr.read_region((x0, y0), res.level, (side, side)).convert("RGB")
+        patch = np.asarray(region.resize((args.size, args.size), Image.BILINEAR))
+        labels[y:y + args.size, x:x + args.size] = reference(classifier, segmenter,
+                                                             patch[None], torch.device("cpu"))[0]
+    print(json.dumps({"tiles": len(tiles), "seconds": time.perf_counter() - start}))
+
+
 def bench_slide(args: argparse.Namespace, device: str) -> None:
     from benchmarks.slidegen import build_pyramid_tiff
 
     cache = args.cache
-    seg = checkpoints(args)["head"]
+    paths = checkpoints(args)
     slides = [(cache / "bench-20480-f2.tiff", (20480, 20480), 1.0)]
     if args.large:
         w, h = (int(v) for v in args.large.split(","))
@@ -156,20 +194,38 @@ def bench_slide(args: argparse.Namespace, device: str) -> None:
             t = time.perf_counter()
             build_pyramid_tiff(slide, w, h, 0.5)
             print(f"built {slide} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-        out = cache / f"pred-{slide.stem}"
-        cmd = [sys.executable, "-m", "histoseg_cli", "predict", str(seg), str(slide), "-o",
-               str(out), "--workers", str(args.workers), "--batch-size", str(args.batch),
-               "--device", device, "--precision", args.precision.split(",")[0], "--mpp", str(mpp),
-               "--overwrite", "--json", "-q"]
-        seconds, peak, stdout, cpu = run_tree(cmd)
-        row = json.loads(stdout)["inputs"][0]
-        with h5py.File(out / f"{slide.stem}.h5") as f:
-            shape = f["slide/labels"].shape
-        print(f"slide {slide.name} ({w}x{h} px at 0.5 mpp -> {mpp:g} mpp, map {shape[1]}x"
-              f"{shape[0]}, {row['tiles']} tiles of "
-              f"{args.size} px, --workers {args.workers}): {row['tiles'] / seconds:.1f} tiles/s "
-              f"whole command ({seconds:.1f} s, start-up included), {row['tiles_per_s']} tiles/s "
-              f"in the slide loop; peak RSS {peak:,.0f} MB (process tree); CPU {cpu:.0f} s")
+        outputs = [f"--{o.strip()}" for o in args.slide_outputs.split(",") if o.strip()]
+        for name, model in (("ours, gate head", ["head"]),
+                            ("ours, classifier gate", ["seg", "cls"])):
+            out = cache / f"pred-{slide.stem}"
+            cmd = [sys.executable, "-m", "histoseg_cli", "predict", str(paths[model[0]]),
+                   str(slide), "-o", str(out), "--workers", str(args.workers), "--batch-size",
+                   str(args.batch), "--device", device, "--precision",
+                   args.precision.split(",")[0], "--mpp", str(mpp), "--overwrite", "--json",
+                   "-q", *outputs,
+                   *(["--classifier", str(paths[model[1]])] if len(model) > 1 else [])]
+            seconds, peak, stdout, cpu = run_tree(cmd)
+            row = json.loads(stdout)["inputs"][0]
+            with h5py.File(out / f"{slide.stem}.h5") as f:
+                shape = f["slide/labels"].shape
+            print(f"slide {slide.name} ({w}x{h} px at 0.5 mpp -> {mpp:g} mpp, map {shape[1]}x"
+                  f"{shape[0]}, {row['tiles']} tiles of {args.size} px, --workers "
+                  f"{args.workers}, {' '.join(outputs) or 'no extra outputs'}) {name}: "
+                  f"{row['tiles'] / seconds:.1f} tiles/s whole command ({seconds:.1f} s, "
+                  f"start-up included), {row['tiles_per_s']} tiles/s in the slide loop; peak RSS "
+                  f"{peak:,.0f} MB (process tree); CPU {cpu:.0f} s", flush=True)
+        if args.reference_tiles:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--reference-slide",
+                   str(slide), "--reference-mpp", str(mpp), "--reference-tiles",
+                   str(args.reference_tiles), "--encoder", args.encoder, "--width",
+                   str(args.width), "--size", str(args.size), "--threads", str(args.threads),
+                   "--cache", str(cache), "--patches", "0"]
+            seconds, peak, stdout, cpu = run_tree(cmd)
+            ref = json.loads(stdout)
+            print(f"slide {slide.name} reference-style (read_region per tile, batch 1, two "
+                  f"networks, fp32, map in memory): {ref['tiles'] / ref['seconds']:.1f} "
+                  f"tiles/s over {ref['tiles']} tiles ({ref['seconds']:.1f} s in the loop, "
+                  f"{seconds:.1f} s whole process); peak RSS {peak:,.0f} MB", flush=True)
 
 
 def main() -> None:
@@ -192,12 +248,21 @@ def main() -> None:
                         help="prediction resolution of the --large slide")
     parser.add_argument("--skip-20k", action="store_true", help="only the --large slide")
     parser.add_argument("--workers", type=int, default=2, help="slide-reading processes")
+    parser.add_argument("--slide-outputs", default="",
+                        help="extra predict outputs for the slides, e.g. labels-tiff,heatmaps")
+    parser.add_argument("--reference-tiles", type=int, default=200,
+                        help="tiles the reference-style slide loop runs (0: skip it)")
+    parser.add_argument("--reference-slide", help=argparse.SUPPRESS)  # the child's slide
+    parser.add_argument("--reference-mpp", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path,
                         default=Path(tempfile.gettempdir()) / "histoseg-bench")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.cache.mkdir(parents=True, exist_ok=True)
+    if args.reference_slide:
+        reference_slide(args)
+        return
     if args.patches:
         bench_patches(args, device)
     if args.slide:
