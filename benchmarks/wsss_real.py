@@ -214,7 +214,8 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
     with h5py.File(work / "train.h5", "r") as artifact:
         patches = len(artifact["labels"])
     return {"config": config, "seed": seed, "backbone": cfg["backbone"],
-            "encoder": cfg["encoder"], "pretrained": cfg.get("pretrained"), "settings": settings, "train_patches": patches,
+            "encoder": cfg["encoder"], "pretrained": cfg.get("pretrained"), "settings": settings,
+            "train_patches": patches,
             "published": ds.published, "pseudo_mask_miou": layers,
             "pseudo_mask_miou_train": train_layers, "results": results,
             "seconds": run.seconds, "total_seconds": round(sum(run.seconds.values()))}

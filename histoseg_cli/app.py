@@ -1,15 +1,59 @@
-"""The ``histoseg`` app: the command group, ``--version``, and the command modules in pipeline
-order (each registers itself through ``commands.runner.command``)."""
+"""The ``histoseg`` app: the command group (usage errors click finds as one line), ``--version``,
+and the command modules in pipeline order (each registers itself on ``app`` through
+``commands.runner.command``)."""
 
 from __future__ import annotations
 
 import importlib
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from typer import rich_utils
+from typer.core import TyperGroup
 
 from histoseg_cli import __version__
-from histoseg_cli.commands.runner import OneLineUsageErrors
+
+stderr = Console(stderr=True)
+
+
+def _is(err: BaseException, name: str) -> bool:
+    """Whether ``err`` is click's exception ``name`` (Typer may vendor its own click, so
+    classes are matched by name)."""
+    return any(cls.__name__ == name for cls in type(err).__mro__)
+
+
+class OneLineUsageErrors(TyperGroup):
+    """The ``histoseg`` group: a usage error that click itself finds (an option value out of
+    range, an unknown option, a missing argument) is one line on stderr and exit 2, like the
+    errors the commands raise, instead of click's usage box."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except typer.Abort:
+            stderr.print("[bold red]aborted[/]")
+            sys.exit(1)
+        except Exception as err:  # noqa: BLE001 - click's exceptions, matched by name
+            if not _is(err, "ClickException"):
+                raise
+            if _is(err, "UsageError") and not _is(err, "NoArgsIsHelpError"):
+                ctx = getattr(err, "ctx", None)
+                where = f" (see {ctx.command_path} -h)" if ctx is not None else ""
+                stderr.print(f"[bold red]error:[/] {err.format_message()}{where}",
+                             highlight=False, soft_wrap=True, markup=True)
+            else:  # a bare command's help, and click's other errors, as Typer shows them
+                rich_utils.rich_format_error(err)
+            sys.exit(err.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 #: Command modules, in the order of the pipeline; each registers itself on ``app``.
 COMMAND_MODULES = (

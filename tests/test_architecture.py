@@ -237,6 +237,9 @@ def test_every_setting_in_core_messages_is_a_flag():
              for name in re.findall(r"\{([a-z][a-z0-9_]*)\}", text)}
     assert named and named <= set(flags), sorted(named - set(flags))
     assert flags["batch_size"] == "--batch-size" and flags["output"] == "--output"
+    by_command = {r.name: flag_table(r.callback) for r in app.registered_commands}
+    assert by_command["train-seg"]["classifier"] == "--classifier"  # an option there ...
+    assert by_command["cams"]["classifier"] == "CLASSIFIER"  # ... an argument here
     assert render_settings("lower {batch_size}", flags.get) == "lower --batch-size"
     record = logging.LogRecord("histoseg", logging.INFO, "", 0,
                                "%s: skipped ({overwrite} redoes it)", ("a.svs",), None)

@@ -23,8 +23,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from typer import rich_utils
-from typer.core import TyperGroup
 
 from histoseg_cli.core.errors import HistosegError, describe_os_error, render_settings
 from histoseg_cli.core.progress import Reporter
@@ -67,8 +65,9 @@ def flag_table(fn: Callable[..., Any]) -> dict[str, str]:
     Core messages name settings by field; a field is the parameter of the same name, so the
     declarations are the one table and renaming a flag there renames it in every message."""
     table = {}
-    for name, param in inspect.signature(fn).parameters.items():
-        info = next((m for m in getattr(param.annotation, "__metadata__", ())
+    hints = typing.get_type_hints(fn, include_extras=True)  # also under postponed annotations
+    for name in inspect.signature(fn).parameters:
+        info = next((m for m in getattr(hints.get(name), "__metadata__", ())
                      if isinstance(m, (typer.models.OptionInfo, typer.models.ArgumentInfo))),
                     None)
         if isinstance(info, typer.models.ArgumentInfo):
@@ -184,40 +183,3 @@ def _append_common_params(wrapper: Callable[..., Any], fn: Callable[..., Any]) -
                                         return_annotation=None)
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     del wrapper.__wrapped__  # type: ignore[attr-defined]
-
-
-def _is(err: BaseException, name: str) -> bool:
-    """Whether ``err`` is click's exception ``name`` (Typer may vendor its own click, so
-    classes are matched by name)."""
-    return any(cls.__name__ == name for cls in type(err).__mro__)
-
-
-class OneLineUsageErrors(TyperGroup):
-    """The ``histoseg`` group: a usage error that click itself finds (an option value out of
-    range, an unknown option, a missing argument) is one line on stderr and exit 2, like the
-    errors the commands raise, instead of click's usage box."""
-
-    def main(self, args: Any = None, prog_name: str | None = None,
-             complete_var: str | None = None, standalone_mode: bool = True,
-             **extra: Any) -> Any:
-        if not standalone_mode:
-            return super().main(args=args, prog_name=prog_name, complete_var=complete_var,
-                                standalone_mode=False, **extra)
-        try:
-            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
-                              standalone_mode=False, **extra)
-        except typer.Abort:
-            stderr.print("[bold red]aborted[/]")
-            sys.exit(1)
-        except Exception as err:  # noqa: BLE001 - click's exceptions, matched by name
-            if not _is(err, "ClickException"):
-                raise
-            if _is(err, "UsageError") and not _is(err, "NoArgsIsHelpError"):
-                ctx = getattr(err, "ctx", None)
-                where = f" (see {ctx.command_path} -h)" if ctx is not None else ""
-                stderr.print(f"[bold red]error:[/] {err.format_message()}{where}",
-                             highlight=False, soft_wrap=True, markup=True)
-            else:  # a bare command's help, and click's other errors, as Typer shows them
-                rich_utils.rich_format_error(err)
-            sys.exit(err.exit_code)
-        sys.exit(rv if isinstance(rv, int) else 0)

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from histoseg_cli.core.atomic import write_csv_atomic
+from histoseg_cli.core.errors import HistosegError, InputError, describe_os_error, render_settings
 from histoseg_cli.core.parallel import ordered_futures
 from histoseg_cli.core.provenance import Provenance, check_kept
-
-from histoseg_cli.core.errors import HistosegError, InputError, describe_os_error, render_settings
 
 log = logging.getLogger("histoseg")
 

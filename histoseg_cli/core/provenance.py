@@ -103,7 +103,8 @@ class StaleOutputs(HistosegError):
         self.paths = [path for path, _ in stale]
         more = f" (and {len(stale) - 1} more output(s) beside it)" if len(stale) > 1 else ""
         super().__init__(f"{first}{more}: made by another model or other settings "
-                         f"({'; '.join(why)}); pass {{overwrite}} to replace, or another {{output}}")
+                         f"({'; '.join(why)}); pass {{overwrite}} to replace, or another "
+                         "{output}")
 
 
 def check_kept(outputs: list[tuple[Path, dict[str, Any] | None]], wanted: Provenance) -> None:

@@ -159,7 +159,8 @@ def generate_pseudo_masks(model: CamModel, input_path: Path, output: Path,
                           ) -> CamsSummary:
     """Write the pseudo-masks artifact ``output`` for the patches artifact ``input_path``."""
     if Path(output).resolve() == Path(input_path).resolve():
-        raise UsageError(f"{{output}} {output} is the input artifact; write the pseudo masks elsewhere")
+        raise UsageError(f"{output} is the input artifact; write the pseudo masks elsewhere",
+                         "output")
     with Artifact(input_path) as source:
         return _generate(model, source, Path(output), config, reporter)
 

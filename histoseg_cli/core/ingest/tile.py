@@ -135,10 +135,11 @@ def _slides(req: TileRequest, reporter: Reporter) -> RunOutcome:
 
     single_file = req.output.suffix.lower() in ARTIFACT_SUFFIXES
     if single_file and req.input.is_dir():
-        raise UsageError(f"{{output}} {req.output}: slides need an output folder (one .h5 per slide) "
-                         "when INPUT is a folder")
+        raise UsageError(f"{req.output}: slides need an output folder (one .h5 per slide) when "
+                         "{input} is a folder", "output")
     if req.compression is not None and req.compression not in COMPRESSIONS:
-        raise UsageError(f"expected {', '.join(COMPRESSIONS)}", f"{{compression}} {req.compression}")
+        raise UsageError(f"'{req.compression}': expected {', '.join(COMPRESSIONS)}",
+                         "compression")
     config = SlideConfig.with_defaults(
         target=None if req.mpp is None and req.magnification is None
         else Target(mpp=req.mpp, magnification=req.magnification),
@@ -175,7 +176,7 @@ def _masks(req: TileRequest, config: TileConfig, reporter: Reporter) -> RunOutco
         raise UsageError("{masks} needs {classes} (class names in mask-value order)")
     names = [c.strip() for c in req.classes.split(",") if c.strip()]
     if len(names) < 1 or len(set(names)) != len(names):
-        raise UsageError("expected distinct comma-separated names", f"{{classes}} '{req.classes}'")
+        raise UsageError(f"'{req.classes}': expected distinct comma-separated names", "classes")
     palette = get_dataset(req.dataset).palette_array() if req.dataset else None
     made = _provenance(req, config, req.input)
     _keep_only_same(req, req.output, made)
