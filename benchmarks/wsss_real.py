@@ -18,7 +18,8 @@ from), and the final segmentation's mIoU, FwIoU, ACC and IoU per class for
 * the fully supervised upper bound (train-seg --masks on the same training images, no gate),
 
 plus wall time per stage. The cpu configuration trains from scratch; cpu-pretrained starts
-both stages from ImageNet EfficientNet-Lite0 weights (installed offline with the weights extra). Held-out images are never used to choose a checkpoint. ``--seeds 0,1`` repeats every
+both stages from ImageNet EfficientNet-Lite0 weights (installed offline with the weights
+extra). Held-out images are never used to choose a checkpoint. ``--seeds 0,1`` repeats every
 training with each seed, so run-to-run noise sits beside the differences between variants.
 Results go to OUT/results.json, to stdout as a table, and into docs/benchmarks.md (this
 configuration's section, replaced) with docs/wsss_real_CONFIG.json beside it.
