@@ -27,9 +27,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "histoseg_cli"
 LAYERS = [
     {"errors", "atomic", "progress", "parallel", "device", "distributed", "figures", "imageio",
      "morphology", "folder_run", "provenance", "defaults"},
-    {"data"},
+    {"data", "models"},
     {"metrics", "slides"},
-    {"models"},
     {"inference"},
     {"ingest", "training", "cams", "predict", "export"},
 ]
