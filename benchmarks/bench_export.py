@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,8 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_predict import build  # noqa: E402
-from benchmarks.harness import machine  # noqa: E402
-from histoseg_cli.core.device import resolve_device  # noqa: E402
+from benchmarks.harness import machine, parse_cached  # noqa: E402
 from histoseg_cli.core.export.fused import FusedGatedSegmenter  # noqa: E402
 from histoseg_cli.core.export.onnx_export import export_onnx  # noqa: E402
 from histoseg_cli.core.export.quantize import quantize_onnx  # noqa: E402
@@ -64,12 +62,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
-    parser.add_argument("--cache", type=Path,
-                        default=Path(tempfile.gettempdir()) / "histoseg-bench")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    args.cache.mkdir(parents=True, exist_ok=True)
+    args, device = parse_cached(parser)
 
     (classifier, cinfo), (segmenter, sinfo) = build(args)
     gated = GatedSegmenter(segmenter, sinfo.input_norm, classifier, cinfo.input_norm,

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,8 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import machine, run_tree  # noqa: E402
-from histoseg_cli.core.device import resolve_device  # noqa: E402
+from benchmarks.harness import machine, parse_cached, run_tree  # noqa: E402
 from histoseg_cli.core.models.checkpoint import load_model, save_checkpoint  # noqa: E402
 from histoseg_cli.core.models.classifier import ClassifierInfo, build_classifier  # noqa: E402
 from histoseg_cli.core.models.preprocess import InputNorm  # noqa: E402
@@ -254,12 +252,7 @@ def main() -> None:
                         help="tiles the reference-style slide loop runs (0: skip it)")
     parser.add_argument("--reference-slide", help=argparse.SUPPRESS)  # the child's slide
     parser.add_argument("--reference-mpp", type=float, default=1.0, help=argparse.SUPPRESS)
-    parser.add_argument("--cache", type=Path,
-                        default=Path(tempfile.gettempdir()) / "histoseg-bench")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    args.cache.mkdir(parents=True, exist_ok=True)
+    args, device = parse_cached(parser)
     if args.reference_slide:
         reference_slide(args)
         return

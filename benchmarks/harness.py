@@ -254,3 +254,19 @@ def step_main(script: str, args: argparse.Namespace, argv: list[str] | None,
     report(f"{title}, {args.size} px, batch {args.batch_size}, {args.steps} timed steps after "
            f"{args.warmup} warm-up", results, args.json,
            {k: v for k, v in vars(args).items() if k not in ("child", "json")})
+
+
+def parse_cached(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Any]:
+    """Add ``--cache`` (where built slides and random-weight checkpoints are kept between
+    runs), parse, set torch's CPU threads (``--threads``) and resolve ``--device``."""
+    import torch
+
+    from histoseg_cli.core.device import resolve_device
+
+    parser.add_argument("--cache", type=Path,
+                        default=Path(tempfile.gettempdir()) / "histoseg-bench")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    return args, resolve_device(args.device)
+
