@@ -47,8 +47,9 @@ class BandStitcher:
     finished once no pending window covers it, and is then labelled and passed to each sink.
     Pixels no window covers get ``background`` (e.g. outside tissue on a slide). When no two
     windows overlap (``overlap=False``: stride >= window) there is nothing to average and the
-    open rows are kept as uint8 labels, 16x less memory than float probabilities, unless
-    ``prob_sinks`` want the probabilities (a pixel no window covers has probability 0).
+    open rows are kept as uint8 labels, 16x less memory than float probabilities, and, when
+    ``prob_sinks`` want the probabilities, those beside them as uint8 too (a pixel no window
+    covers has probability 0).
     """
 
     def __init__(self, width: int, height: int, num_classes: int, window: int,
@@ -61,11 +62,13 @@ class BandStitcher:
         self.sinks = list(sinks)
         self.prob_sinks = list(prob_sinks)
         self.device = device
-        self.overlap = overlap or bool(self.prob_sinks)  # open rows held as probabilities
+        self.overlap = overlap
         ys, counts = np.unique(np.asarray(origins)[:, 1], return_counts=True)
         self._pending = dict(zip(ys.tolist(), counts.tolist()))
         self._top = 0  # first row not yet handed to the sinks
         self._acc = self._blank(0)
+        # without overlap each pixel has one window: its uint8 probabilities are final
+        self._p8 = self._blank_p8(0) if self.prob_sinks and not overlap else None
 
     def _blank(self, rows: int) -> torch.Tensor:
         if self.overlap:  # summed probabilities; a pixel no window reached sums to 0
@@ -73,23 +76,30 @@ class BandStitcher:
         return torch.full((rows, self.width), self.background, dtype=torch.uint8,
                           device=self.device)
 
+    def _blank_p8(self, rows: int) -> torch.Tensor:
+        return torch.zeros((self.num_classes, rows, self.width), dtype=torch.uint8,
+                           device=self.device)
+
     @property
     def _rows(self) -> int:
         return self._acc.shape[-2]
 
     def _grow(self, bottom: int) -> None:
         if self._top + self._rows < bottom:
-            extra = self._blank(bottom - self._top - self._rows)
-            self._acc = torch.cat([self._acc, extra], dim=-2)
+            extra = bottom - self._top - self._rows
+            self._acc = torch.cat([self._acc, self._blank(extra)], dim=-2)
+            if self._p8 is not None:
+                self._p8 = torch.cat([self._p8, self._blank_p8(extra)], dim=-2)
 
     def add(self, origins: np.ndarray, probs: torch.Tensor) -> None:
         """Add windows at ``origins`` (K, 2) (x, y) with probabilities (K, C, P, P)."""
         w = self.window
         bottom = min(int(np.max(origins[:, 1])) + w, self.height)
         self._grow(bottom)
+        p8 = (probs * 255).round_().to(torch.uint8) if self._p8 is not None else probs
         if not self.overlap:
             probs = probs.argmax(dim=1).to(torch.uint8)
-        for (x, y), p in zip(origins.tolist(), probs):
+        for (x, y), p, q in zip(origins.tolist(), probs, p8):
             if y < self._top:
                 raise ValueError(f"window at y={y} arrived after row {self._top} was finished")
             h, wd = min(w, self.height - y), min(w, self.width - x)
@@ -98,6 +108,8 @@ class BandStitcher:
                 self._acc[:, r:r + h, x:x + wd] += p[:, :h, :wd].to(self._acc.device)
             else:
                 self._acc[r:r + h, x:x + wd] = p[:h, :wd].to(self._acc.device)
+                if self._p8 is not None:
+                    self._p8[:, r:r + h, x:x + wd] = q[:, :h, :wd].to(self._p8.device)
             self._pending[y] -= 1
             if self._pending[y] == 0:
                 del self._pending[y]
@@ -111,12 +123,19 @@ class BandStitcher:
         labels = band.argmax(dim=0).to(torch.uint8)
         return labels.masked_fill_(band.sum(dim=0) == 0, self.background)
 
-    def _probabilities(self, n: int) -> torch.Tensor:
+    def _probabilities(self, n: int, rows: int = 64) -> torch.Tensor:
         """uint8 (C, n, W) average probabilities of the first ``n`` open rows: each window's
-        probabilities sum to 1 per pixel, so the sum over classes counts the windows."""
-        band = self._acc[:, :n]
-        covered = band.sum(dim=0, keepdim=True).clamp_min(1e-6)
-        return (band / covered * 255).round_().to(torch.uint8)
+        probabilities sum to 1 per pixel, so the sum over classes counts the windows.
+        Computed ``rows`` rows at a time, so the float temporaries stay small."""
+        if self._p8 is not None:
+            return self._p8[:, :n]
+        out = torch.empty((self.num_classes, n, self.width), dtype=torch.uint8,
+                          device=self.device)
+        for r in range(0, n, rows):
+            band = self._acc[:, r:min(n, r + rows)]
+            covered = band.sum(dim=0, keepdim=True).clamp_min(1e-6)
+            out[:, r:r + band.shape[1]] = (band / covered * 255).round_()
+        return out
 
     def _flush(self, frontier: int) -> None:
         frontier = min(frontier, self.height)
@@ -132,6 +151,8 @@ class BandStitcher:
             for sink in self.prob_sinks:
                 sink(self._top, probs)
         self._acc = self._acc[..., n:, :].clone()
+        if self._p8 is not None:
+            self._p8 = self._p8[:, n:].clone()
         self._top = frontier
 
     def finish(self) -> None:
