@@ -193,8 +193,9 @@ def bench_slide(args: argparse.Namespace, device: str) -> None:
             build_pyramid_tiff(slide, w, h, 0.5)
             print(f"built {slide} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         outputs = [f"--{o.strip()}" for o in args.slide_outputs.split(",") if o.strip()]
-        for name, model in (("ours, gate head", ["head"]),
-                            ("ours, classifier gate", ["seg", "cls"])):
+        gates = {"head": ("ours, gate head", ["head"]),
+                 "classifier": ("ours, classifier gate", ["seg", "cls"])}
+        for name, model in (gates[g.strip()] for g in args.gates.split(",") if g.strip()):
             out = cache / f"pred-{slide.stem}"
             cmd = [sys.executable, "-m", "histoseg_cli", "predict", str(paths[model[0]]),
                    str(slide), "-o", str(out), "--workers", str(args.workers), "--batch-size",
@@ -246,6 +247,8 @@ def main() -> None:
                         help="prediction resolution of the --large slide")
     parser.add_argument("--skip-20k", action="store_true", help="only the --large slide")
     parser.add_argument("--workers", type=int, default=2, help="slide-reading processes")
+    parser.add_argument("--gates", default="head,classifier",
+                        help="which of our gated models the slides run: head, classifier")
     parser.add_argument("--slide-outputs", default="",
                         help="extra predict outputs for the slides, e.g. labels-tiff,heatmaps")
     parser.add_argument("--reference-tiles", type=int, default=200,
