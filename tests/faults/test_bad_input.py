@@ -34,6 +34,8 @@ CASES = {
          2, "--classes"),
         ("classes-on-slides", "tile {slides} -o {tmp}/out --classes a,b", 2, "--classes"),
         ("splits-into-file", "tile {data} -o {tmp}/one.h5", 2, "one.h5"),
+        ("slide-option-on-dataset", "tile {data} -o {tmp}/out --mpp 1", 2,
+         "--mpp applies to slides only"),
     ],
     "train-cls": [
         ("missing", "train-cls {tmp}/nope.h5 -o {tmp}/out {cls_opts}", 1, "nope.h5"),

@@ -104,13 +104,16 @@ def _folder_mode(req: TileRequest, slide_options: dict[str, object]) -> TileRequ
     """A folder without ``--dataset``/``--masks``: the patch dataset whose layout fits its
     names (unless slide options say it holds slides), else slides, but not plain images
     alone without a resolution for them."""
-    asks_slides = any(v not in (None, False) for v in slide_options.values())
-    if not asks_slides:
-        spec = find_layout(req.input)
-        if spec is not None:
-            log.info("%s: detected the %s layout (labels like %s); tiling it as that dataset "
-                     "({dataset} %s)", req.input, spec.name, spec.label_example, spec.name)
-            return replace(req, dataset=spec.name)
+    given = [name for name, value in slide_options.items() if value not in (None, False)]
+    spec = find_layout(req.input)
+    if spec is not None and given:
+        raise UsageError(f"{req.input} holds a {spec.name} patch dataset (labels like "
+                         f"{spec.label_example}), and {', '.join(given)} "
+                         f"{'applies' if len(given) == 1 else 'apply'} to slides only")
+    if spec is not None:
+        log.info("%s: detected the %s layout (labels like %s); tiling it as that dataset "
+                 "({dataset} %s)", req.input, spec.name, spec.label_example, spec.name)
+        return replace(req, dataset=spec.name)
     if req.source_mpp is None:
         from histoseg_cli.core.slides.batch import find_slides  # openslide: only for slides
 
