@@ -148,6 +148,13 @@ Item = TypeVar("Item", bound=FolderItem)
 R = TypeVar("R")
 
 
+def rank_share(items: Sequence[Item], rank: int, world_size: int) -> list[Item]:
+    """The inputs one torchrun rank runs: every ``world_size``-th from ``rank``, so the
+    ranks' shares interleave (neighbouring inputs, often alike in size, go to different
+    ranks) and every input goes to exactly one."""
+    return list(items[rank::world_size])
+
+
 class FolderRun(Generic[Item]):
     """The run of one folder command over ``items``: states, skip rule, read-ahead, failures,
     manifest (``row`` gives an item's CSV row; no manifest for a single input) and the counts

@@ -23,7 +23,8 @@ from rich.table import Table
 from histoseg_cli.core.atomic import check_writable
 from histoseg_cli.core.distributed import DistContext
 from histoseg_cli.core.errors import InputError, UsageError
-from histoseg_cli.core.folder_run import MANIFEST, FailureLog, FolderRun, RunOutcome
+from histoseg_cli.core.folder_run import (MANIFEST, FailureLog, FolderRun, RunOutcome,
+                                          rank_share)
 from histoseg_cli.core.imageio import list_images
 from histoseg_cli.core.predict.cohort import read_areas, summary_row, write_summary
 from histoseg_cli.core.predict.images import ImageTargets, predict_image_file
@@ -219,7 +220,7 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor,
         raise InputError(req.input, "holds no images or slides to predict")
     jobs = req.shard.take(planned) if req.shard else planned
     started = time.perf_counter()
-    mine = jobs[ctx.rank::ctx.world_size]
+    mine = rank_share(jobs, ctx.rank, ctx.world_size)
     if not ctx.is_main:
         reporter = SILENT  # one set of progress bars: rank 0's
     folder = mode in ("images", "slides")
