@@ -43,7 +43,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +148,13 @@ VARIANTS = ("method", "no_pda", "pda_paper", "no_gate", "single_layer", "fully_s
 
 
 def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
-                wanted: tuple[str, ...] = VARIANTS) -> dict[str, object]:
+                wanted: tuple[str, ...] = VARIANTS, patch: int | None = None
+                ) -> dict[str, object]:
     """Every stage and wanted variant for one dataset and seed; results, pseudo-mask scores
     and stage times. no_gate and single_layer reuse the method's classifier and masks."""
     cfg, settings = CONFIGS[config], ds.settings[config.removesuffix("-pretrained")]
+    if patch:  # another patch size, cut at a stride of one patch
+        ds, settings = replace(ds, patch=patch), {**settings, "stride": patch}
     work = out / ds.name / f"seed-{seed}"
     shutil.rmtree(work, ignore_errors=True)
     f = split(ds, work)
@@ -216,7 +219,7 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
         patches = len(artifact["labels"])
     return {"config": config, "seed": seed, "backbone": cfg["backbone"],
             "encoder": cfg["encoder"], "pretrained": cfg.get("pretrained"), "settings": settings,
-            "train_patches": patches,
+            "train_patches": patches, "patch": ds.patch,
             "published": ds.published, "pseudo_mask_miou": layers,
             "pseudo_mask_miou_train": train_layers, "results": results,
             "seconds": run.seconds, "total_seconds": round(sum(run.seconds.values()))}
@@ -238,7 +241,8 @@ def table(name: str, runs: list[dict[str, Any]]) -> str:
              else "No pretrained weights")
     rows = [f"#### {name}: {first['config']} configuration, "
             f"{'pretrained' if first.get('pretrained') else 'from scratch'}", "",
-            f"{first['train_patches']} training patches (stride {st['stride']}); classifier "
+            f"{first['train_patches']} training patches ({first.get('patch', '')} px, stride "
+            f"{st['stride']}); classifier "
             f"{first['backbone']}, {st['cls_epochs']} epochs; segmenter DeepLabV3+ / "
             f"{first['encoder']}, {st['seg_epochs']} epochs; seed{'s' if len(runs) > 1 else ''} "
             f"{seeds}. {start}; "
@@ -293,6 +297,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"Comma-separated subset of {', '.join(VARIANTS)} (pda_paper runs "
                         "only with pretrained weights).")
+    parser.add_argument("--patch-size", type=int, default=None,
+                        help="Cut every dataset at this patch size (stride = one patch) "
+                        "instead of its own (GlaS 112, WSSS4LUAD 224).")
     parser.add_argument("--machine", default=f"{os.cpu_count()}-core {platform.machine()} "
                         "machine", help="What to call the machine in the docs.")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md",
@@ -310,7 +317,8 @@ def main() -> None:
             print(f"{name}, seed {seed}:", file=sys.stderr)
             results[name].append(run_dataset(
                 DATASETS[name], args.config, args.output, args.device, seed,
-                tuple(v.strip() for v in args.variants.split(",") if v.strip())))
+                tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+                args.patch_size))
             (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         print(table(name, results[name]) + "\n")
     if str(args.docs) not in ("", "."):
