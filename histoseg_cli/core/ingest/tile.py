@@ -102,7 +102,7 @@ def run_tile(req: TileRequest, reporter: Reporter = SILENT) -> RunOutcome:
 
 def _folder_mode(req: TileRequest, slide_options: dict[str, object]) -> TileRequest:
     """A folder without ``--dataset``/``--masks``: the patch dataset whose layout fits its
-    names (unless slide options say it holds slides), else slides, but not plain images
+    names (slide options given for it are a usage error), else slides, but not plain images
     alone without a resolution for them."""
     given = [name for name, value in slide_options.items() if value not in (None, False)]
     spec = find_layout(req.input)
