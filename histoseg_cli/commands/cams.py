@@ -11,7 +11,6 @@ from histoseg_cli.app import app
 from histoseg_cli.commands.runner import Output, command
 from histoseg_cli.commands.options import Device, Overwrite, Precision
 from histoseg_cli.core.defaults import WHITE_THRESHOLD
-from histoseg_cli.core.errors import InputError
 
 MASKS = "Pseudo masks"
 OUTPUTS = "Extra outputs"
@@ -83,18 +82,15 @@ def cams(
 
       histoseg cams runs/cls LUAD-HistoSeg -o pseudo.h5   (the training split, imported)
     """
-    from histoseg_cli.core.atomic import check_writable
-    from histoseg_cli.core.cams.run import CamsConfig, CamsRequest, run_cams  # torch: now
+    from histoseg_cli.core.cams.run import (CamsConfig, CamsRequest,  # torch: now
+                                            check_places, run_cams)
     from histoseg_cli.core.ingest.sources import resolve_patch_input
 
     config = CamsConfig(batch_size=batch_size, background=background,
                         threshold=white_threshold, min_size=min_size, save_cams=save_cams,
                         png_dir=png_dir, gallery=gallery, seed=seed, vectorize=vmap_classes,
                         tta=tta, cam=cam, precision=precision, overwrite=overwrite)
-    if not classifier.exists():
-        raise InputError(classifier, "no such file or folder (expected a train-cls run "
-                         "directory or checkpoint)")
-    check_writable(output)
+    check_places(classifier, output)  # before a dataset folder is imported
     artifact = resolve_patch_input(data, dataset, output.parent / f"{output.stem}.data",
                                    reporter=out.reporter)
     summary = run_cams(CamsRequest(classifier, artifact, output, config, device), out.reporter)

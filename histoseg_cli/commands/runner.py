@@ -59,11 +59,13 @@ class Output:
         sys.stdout.flush()
 
 
+@functools.cache
 def flag_table(fn: Callable[..., Any]) -> dict[str, str]:
     """How a user types each parameter of a command function: its long option
     (``--batch-size``) or an argument's metavar (``DATA``), read from its Typer declaration.
     Core messages name settings by field; a field is the parameter of the same name, so the
-    declarations are the one table and renaming a flag there renames it in every message."""
+    declarations are the one table and renaming a flag there renames it in every message.
+    Read when a message first needs it (not at start-up), once per command."""
     table = {}
     hints = typing.get_type_hints(fn, include_extras=True)  # also under postponed annotations
     for name in inspect.signature(fn).parameters:
@@ -114,17 +116,13 @@ def command(app: typer.Typer, name: str, panel: str) -> Callable[[Callable[..., 
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        own = flag_table(fn)
-
         def name_of(setting: str) -> str | None:
             """This command's flag for a setting, else another command's (messages about
             what a different stage needs)."""
-            if setting in own:
-                return own[setting]
-            for registered in app.registered_commands:
-                if registered.callback is not None:
-                    if (flag := flag_table(registered.callback).get(setting)) is not None:
-                        return flag
+            others = (r.callback for r in app.registered_commands if r.callback is not None)
+            for candidate in (fn, *others):
+                if (flag := flag_table(candidate).get(setting)) is not None:
+                    return flag
             return None
 
         @functools.wraps(fn)

@@ -277,12 +277,18 @@ class CamsRequest:
     device: str = "auto"
 
 
+def check_places(classifier: Path, output: Path) -> None:
+    """The classifier exists and ``output`` can be written: checked before anything is read
+    or imported (a command that imports a dataset folder first calls this itself)."""
+    if not classifier.exists():
+        raise InputError(classifier, "no such file or folder (expected a train-cls run "
+                         "directory or checkpoint)")
+    check_writable(output)
+
+
 def run_cams(req: CamsRequest, reporter: Reporter = SILENT) -> CamsSummary:
     """Load the train-cls checkpoint (file or run directory) and generate pseudo masks."""
-    if not req.classifier.exists():
-        raise InputError(req.classifier, "no such file or folder (expected a train-cls run "
-                         "directory or checkpoint)")
+    check_places(req.classifier, req.output)
     Artifact(req.input).close()  # fail on bad input before loading a large model
-    check_writable(req.output)
     model = load_cam_model(req.classifier, resolve_device(req.device), req.config.precision)
     return generate_pseudo_masks(model, req.input, req.output, req.config, reporter)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from histoseg_cli.core.errors import HistosegError, UsageError
+from histoseg_cli.core.folder_run import rank_share
 
 T = TypeVar("T")
 
@@ -43,8 +44,8 @@ class Shard:
         return cls(index, count)
 
     def take(self, items: Sequence[T]) -> list[T]:
-        """This shard's part of ``items``."""
-        return list(items[self.index::self.count])
+        """This shard's part of ``items``: split the way torchrun ranks split them."""
+        return rank_share(items, self.index, self.count)
 
     @property
     def manifest_name(self) -> str:

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.progress import Progress
 from rich.table import Table
 
-from histoseg_cli.core.data.reader import Artifact, recorded_provenance
+from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import HistosegError, InputError
 from histoseg_cli.core.folder_run import MANIFEST, FolderRun
 from histoseg_cli.core.progress import SILENT, Reporter
@@ -134,13 +135,15 @@ def output_paths(slides: list[Path], source: Path, out_dir: Path) -> list[tuple[
     return paths
 
 
-def is_complete(artifact: Path) -> int | None:
-    """The patch count of a complete artifact at ``artifact``, else None."""
+def completed(artifact: Path) -> tuple[int, dict[str, Any] | None] | None:
+    """The patch count and recorded provenance of a complete artifact at ``artifact`` (one
+    open), else None."""
     if not artifact.exists():
         return None
     try:
         with Artifact(artifact) as done:
-            return len(done)
+            made = done.meta.extra.get("provenance")
+            return len(done), made if isinstance(made, dict) else None
     except (HistosegError, OSError):
         log.info("%s is incomplete or unreadable; redoing it", artifact)
         return None
@@ -163,9 +166,9 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
     run = FolderRun(outcomes, out_dir / MANIFEST, MANIFEST_FIELDS, SlideOutcome.row)
     complete = []
     for outcome in outcomes if not overwrite else ():
-        outcome.patches = is_complete(outcome.output)
-        if outcome.patches is not None:
-            complete.append((outcome, outcome.output, recorded_provenance(outcome.output)))
+        if (found := completed(outcome.output)) is not None:
+            outcome.patches = found[0]
+            complete.append((outcome, outcome.output, found[1]))
     todo = run.skip_complete(complete, config.provenance())
     with StripReader(workers) as strips, reporter.bar("tiling", unit="tiles") as bar:
         strips.start()
