@@ -79,7 +79,7 @@ CONFIGS: dict[str, dict[str, object]] = {
     # ImageNet EfficientNet-Lite0 in both stages (offline, from the weights extra), the
     # paper's 10x decoder LR; train-cls/train-seg pick the pretrained LR (0.001) themselves.
     "cpu-pretrained": {"backbone": "efficientnet_lite0", "encoder": "efficientnet_lite0",
-                       "deepest": "blocks.6", "batch": 16, "cams_batch": 32,
+                       "deepest": "bn2", "batch": 16, "cams_batch": 32,
                        "precision": "bf16", "head_lr_mult": 10, "pretrained": "imagenet"},
     "paper": {"backbone": "resnet38d", "encoder": "resnet101", "deepest": "bn7", "batch": 20,
               "cams_batch": 32, "precision": "auto", "head_lr_mult": 10},

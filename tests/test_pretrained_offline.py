@@ -64,22 +64,27 @@ def test_packaged_lite0_equals_the_reference_implementation(shared_data: Path):
         assert (a - b).abs().max() <= 1e-4 * a.abs().max(), name
     assert (pairs["logits"][0].argmax(1) == pairs["logits"][1].argmax(1)).all()
 
-    # the train-cls backbone (features of its three CAM layers) holds the same weights
+    # the train-cls backbone holds the same weights, head layer included: its deepest CAM
+    # layer is the feature map the ImageNet classifier pools, and pooling it through the
+    # ImageNet classifier gives the same logits
     backbone = build_backbone("efficientnet_lite0", output_stride=32).eval()
     load_pretrained(backbone, "imagenet")
     with torch.no_grad():
-        deepest = backbone(x)["blocks.6"]
-        expected = ours.blocks(ours.bn1(ours.conv_stem(x)))
-    assert torch.allclose(deepest, expected, atol=1e-5)
+        deepest = backbone(x)["bn2"]
+        logits = ours.classifier(deepest.mean(dim=(2, 3)))
+    assert torch.allclose(deepest, pairs["features"][1], atol=1e-5)
+    assert (logits - pairs["logits"][0]).abs().max() <= 1e-4 * pairs["logits"][0].abs().max()
 
 
 @needs_lite0
 def test_both_stages_load_packaged_weights_by_the_same_short_name(caplog):
     caplog.set_level(logging.INFO, "histoseg")
     backbone = build_backbone("efficientnet_lite0")
-    assert backbone.cam_layers == ("blocks.2", "blocks.4", "blocks.6")
+    assert backbone.cam_layers == ("blocks.2", "blocks.4", "bn2")
+    assert backbone.layer_channels == (40, 112, 1280)
+    # everything but the ImageNet classifier (classifier.weight and .bias)
     assert load_pretrained(backbone, "imagenet").describe().startswith(
-        "288 tensors matched, 0 missing, 8 unexpected")
+        "294 tensors matched, 0 missing, 2 unexpected")
     seg = Segmenter("efficientnet_lite0", 3, 16)
     assert seg.smp_encoder == "tu-tf_efficientnet_lite0"
     report = load_encoder_weights(seg, "imagenet")
