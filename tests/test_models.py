@@ -70,6 +70,22 @@ def test_timm_encoder_output_stride_8(name: str) -> None:
                                  "std": pytest.approx([0.229, 0.224, 0.225])}
 
 
+def test_efficientnet_lite_explains_its_head_layer_at_output_stride_8() -> None:
+    """Lite backbones end in the head convolution (1280 channels after ReLU6, what the ImageNet
+    classifier pooled), dilated like the ResNets; the stem modules freeze, the head trains."""
+    net = build_backbone("efficientnet_lite0").eval()
+    layers = net(torch.rand(1, 3, 64, 64))
+    assert list(layers) == list(net.cam_layers) == ["blocks.2", "blocks.4", "bn2"]
+    assert [tuple(v.shape[1:]) for v in layers.values()] == [(40, 8, 8), (112, 8, 8),
+                                                             (1280, 8, 8)]
+    assert layers["bn2"].min() >= 0 and layers["bn2"].max() <= 6  # after ReLU6
+    assert net.layer_channels == (40, 112, 1280)
+    net.freeze_pretrained()
+    params = dict(net.named_parameters())
+    assert not params["encoder.conv_stem.weight"].requires_grad
+    assert params["encoder.conv_head.weight"].requires_grad
+
+
 @pytest.mark.parametrize("name,frozen,trained", [
     ("resnet38d", ["conv1a.weight", "b2_2.conv_branch2a.weight", "b4.bn_branch2a.weight"],
      ["b3.conv_branch2a.weight", "b7.conv_branch1.weight"]),
