@@ -128,6 +128,26 @@ def test_load_pretrained_errors(tmp_path: Path) -> None:
         load_pretrained(net, str(tmp_path / "junk.pth"))
 
 
+def test_imagenet_from_the_hub_fills_every_backbone_tensor(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The hub path takes timm's whole network (a stand-in here: no hub in the tests); the
+    backbone gets every tensor, and only the ImageNet classifier is left over."""
+    import timm
+
+    hub = timm.create_model("resnet18", pretrained=False)
+    net = build_backbone("resnet18")
+
+    def from_hub(name: str, pretrained: bool = False, **kwargs):
+        assert pretrained and not kwargs and name == "resnet18"
+        return hub
+
+    monkeypatch.setattr(timm, "create_model", from_hub)
+    report = load_pretrained(net, "imagenet")
+    assert not report.missing and sorted(report.unexpected) == ["fc.bias", "fc.weight"]
+    assert torch.equal(net.state_dict()["encoder.layer4.1.conv2.weight"],
+                       hub.state_dict()["layer4.1.conv2.weight"])
+
+
 @pytest.mark.slow
 def test_imagenet_download_offline_is_one_clear_error(tmp_path: Path) -> None:
     code = ("from histoseg_cli.core.models import build_backbone\n"

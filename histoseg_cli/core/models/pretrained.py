@@ -41,8 +41,9 @@ def imagenet_state(backbone: Backbone) -> State:
     import timm
 
     try:
-        model = timm.create_model(backbone.model_name, pretrained=True, features_only=True,
-                                  out_indices=(-3, -2, -1), output_stride=backbone.output_stride)
+        # the whole network: what any backbone keeps of it (stages, a head convolution) is
+        # in there, and the ImageNet classifier shows up as unexpected in the report
+        model = timm.create_model(backbone.model_name, pretrained=True)
     except Exception as err:  # noqa: BLE001 - network, hub or cache errors all mean "no weights"
         offline = [p.timm_name for p in WEIGHT_PACKAGES.values()]
         raise HistosegError(f"could not get ImageNet weights for {backbone.model_name} "

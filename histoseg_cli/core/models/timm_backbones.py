@@ -1,7 +1,8 @@
 """ImageNet encoders from timm, dilated to output stride 8 like ResNet-38.
 
 For users who want a lighter network or easy ImageNet weights. The last three stages are the
-Grad-CAM layers (``layer2``, ``layer3``, ``layer4`` for ResNets). Weights are never fetched at
+Grad-CAM layers (``layer2``, ``layer3``, ``layer4`` for ResNets); EfficientNet-Lite ends in its
+head convolution instead (:class:`TimmHeadBackbone`). Weights are never fetched at
 construction: :func:`histoseg_cli.core.models.pretrained.load_pretrained` downloads them only
 when the user asks for ``--pretrained imagenet``.
 """
@@ -52,9 +53,9 @@ class TimmHeadBackbone(TimmBackbone):
     head convolution (``conv_head`` -> ``bn2`` with its activation), not the last stage.
 
     For networks whose stages end in a linear bottleneck (MobileNetV2 / EfficientNet blocks):
-    the last stage's 320 signed, unactivated channels are a poor map to pool and explain,
-    and stopping there throws away the ImageNet-trained head layer (1280 channels after
-    ReLU6) that the ImageNet classifier itself pooled. The two shallower CAM layers stay the
+    the last stage's signed, unactivated channels (320 in Lite0) are a poor map to pool and
+    explain, and stopping there throws away the ImageNet-trained head layer (1280 channels
+    after ReLU6) that the ImageNet classifier itself pooled. The two shallower CAM layers stay the
     ends of the stages at strides 8 and 16.
     """
 
