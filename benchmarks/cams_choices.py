@@ -13,29 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cams(classifier: Path, data: Path, output: Path, cam: str, tta: str,
-             extra: list[str]) -> tuple[dict[str, float], float]:
-    """mIoU per layer and wall seconds of one ``histoseg cams`` run."""
-    cmd = [sys.executable, "-m", "histoseg_cli", "cams", str(classifier), str(data),
-           "-o", str(output), "--cam", cam, "--tta", tta, "--gallery", "0", "--json",
-           "--overwrite", "-q", *extra]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"cams {cam}/{tta} failed:\n{proc.stderr}")
-    metrics = json.loads(proc.stdout)["metrics"]
-    return {layer: m["miou"] for layer, m in metrics.items()}, seconds
+from benchmarks.wsss_real import Pipeline
 
 
 def main() -> None:
@@ -53,13 +33,16 @@ def main() -> None:
     extra = ["--precision", args.precision, "--batch-size", args.batch_size]
     if args.background:
         extra += ["--background", args.background]
+    run = Pipeline(args.output, "auto")  # times each histoseg command, stops on a failure
     rows = []
     for cam in args.cams.split(","):
         for tta in args.tta.split(","):
-            mious, seconds = run_cams(args.classifier, args.data,
-                                      args.output / f"{cam}-{tta}.h5", cam, tta, extra)
-            rows.append((cam, tta, mious, seconds))
-            print(f"{cam} {tta}: {mious} in {seconds:.0f} s", file=sys.stderr)
+            stage = f"cams {cam} {tta}"
+            made = json.loads(run(stage, "cams", args.classifier, args.data, "-o",
+                                  args.output / f"{cam}-{tta}.h5", "--cam", cam, "--tta", tta,
+                                  "--gallery", "0", "--json", "--overwrite", *extra))
+            mious = {layer: m["miou"] for layer, m in made["metrics"].items()}
+            rows.append((cam, tta, mious, run.seconds[stage]))
     layers = list(rows[0][2])
     print(f"| cam | tta | {' / '.join(layers)} | best | seconds |")
     print("|---|---|---|---|---|")

@@ -55,8 +55,8 @@ class TimmHeadBackbone(TimmBackbone):
     For networks whose stages end in a linear bottleneck (MobileNetV2 / EfficientNet blocks):
     the last stage's signed, unactivated channels (320 in Lite0) are a poor map to pool and
     explain, and stopping there throws away the ImageNet-trained head layer (1280 channels
-    after ReLU6) that the ImageNet classifier itself pooled. The two shallower CAM layers stay the
-    ends of the stages at strides 8 and 16.
+    after ReLU6) that the ImageNet classifier itself pooled. The two shallower CAM layers
+    stay the ends of the stages at strides 8 and 16.
     """
 
     head_layer = "bn2"
