@@ -12,7 +12,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import write_patches
-from harness import build_pipeline
 from histoseg_cli.app import app
 from histoseg_cli.core.data.demo import DemoConfig, write_demo_dataset
 
@@ -166,18 +165,17 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    pytest.importorskip("tifffile")
-    pipe = build_pipeline(tmp_path_factory.mktemp("bad-input"))
-    root = pipe["root"]
-    bad = root / "bad"
+def paths(pipeline: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+          ) -> dict[str, str]:
+    extra = tmp_path_factory.mktemp("bad-input")
+    bad = extra / "bad"
     bad.mkdir()
     (bad / "empty").mkdir()
     (bad / "plain").mkdir()
     for i in range(2):
         Image.fromarray(np.full((40, 40, 3), 100 + i, np.uint8)).save(bad / "plain" / f"{i}.png")
-    (bad / "trunc.h5").write_bytes((pipe["art"] / "test.h5").read_bytes()[:300])
-    (bad / "trunc.pt").write_bytes((pipe["cls"] / "checkpoint.pt").read_bytes()[:1000])
+    (bad / "trunc.h5").write_bytes((pipeline["art"] / "test.h5").read_bytes()[:300])
+    (bad / "trunc.pt").write_bytes((pipeline["cls"] / "checkpoint.pt").read_bytes()[:1000])
     with h5py.File(bad / "foreign.h5", "w") as f:
         f["x"] = np.arange(3)
     (bad / "notes.txt").write_text("not data\n")
@@ -186,14 +184,14 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     # another demo dataset: imported fine, but not what the pseudo masks were made from
     write_demo_dataset(bad / "other-demo", DemoConfig(patch_size=32, train=30, val=2, test=2,
                                                        seed=7))
-    made = _made(pipe, root / "made")
+    made = _made(pipeline, extra / "made")
     return {
-        **{k: str(v) for k, v in pipe.items()},
+        **{k: str(v) for k, v in pipeline.items()},
         "empty": str(bad / "empty"), "plain": str(bad / "plain"),
         "trunc_h5": str(bad / "trunc.h5"), "trunc_pt": str(bad / "trunc.pt"),
         "foreign": str(bad / "foreign.h5"), "notes": str(bad / "notes.txt"),
         "afile": str(bad / "afile"), "other": str(bad / "other.h5"), **made,
-        "other_folder": str(bad / "other-demo"),
+        "other_folder": str(bad / "other-demo"), "extra": str(extra),
         "cls_opts": "--backbone resnet18 --epochs 1 -b 10 -j 0",
         "seg_opts": "--encoder resnet18 --epochs 1 -b 10 -j 0",
     }
@@ -233,7 +231,7 @@ def _tree(root: Path) -> dict[str, int]:
 def test_bad_input(paths: dict[str, str], tmp_path: Path, command: str, case: str, argv: str,
                    code: int, needle: str):
     args = argv.format(tmp=tmp_path, **paths).split() + ["-q"]
-    roots = [tmp_path, Path(paths["root"])]
+    roots = [tmp_path, Path(paths["root"]), Path(paths["extra"])]
     before = [_tree(r) for r in roots]
     result = CliRunner().invoke(app, args)
     lines = [line for line in result.stderr.splitlines() if line.strip()]

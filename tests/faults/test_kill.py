@@ -21,16 +21,10 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import (KILL_AT, alive, build_pipeline, kill_after, metrics_rows, run,
+from harness import (KILL_AT, alive, kill_after, metrics_rows, run,
                      same_arrays, timed)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    pytest.importorskip("tifffile")
-    return build_pipeline(tmp_path_factory.mktemp("faults"))
 
 
 def chain(args: Callable[[], list[object]], cwd: Path, duration: float,
@@ -54,13 +48,13 @@ def _h5(path: Path, dataset: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------- training
 @pytest.mark.parametrize("stage", ["train-cls", "train-seg"])
-def test_training_killed_resumes_exactly(pipe: dict[str, Path], tmp_path: Path, stage: str):
-    art = pipe["art"]
+def test_training_killed_resumes_exactly(pipeline: dict[str, Path], tmp_path: Path, stage: str):
+    art = pipeline["art"]
     common = ["--val", art / "val.h5", "--epochs", 3, "-b", 10, "-j", 2, "-q"]
     if stage == "train-cls":
         head = ["train-cls", art / "train.h5", "--backbone", "resnet18", "--pda-warmup", 1]
     else:
-        head = ["train-seg", art / "train.h5", pipe["pm"], "--encoder", "resnet18"]
+        head = ["train-seg", art / "train.h5", pipeline["pm"], "--encoder", "resnet18"]
     duration = timed(*head, *common, "-o", tmp_path / "straight", cwd=tmp_path)
     killed = tmp_path / "killed"
 
@@ -92,10 +86,10 @@ ARTIFACT_COMMANDS = {
 
 
 @pytest.mark.parametrize("command", sorted(ARTIFACT_COMMANDS))
-def test_artifact_killed_reruns_to_the_same_result(pipe: dict[str, Path], tmp_path: Path,
+def test_artifact_killed_reruns_to_the_same_result(pipeline: dict[str, Path], tmp_path: Path,
                                                    command: str):
     make_args, dataset = ARTIFACT_COMMANDS[command]
-    args = [*make_args(pipe), "-q"]
+    args = [*make_args(pipeline), "-q"]
     duration = timed(*args, "-o", tmp_path / "ref.h5", cwd=tmp_path)
     reference = _h5(tmp_path / "ref.h5", dataset)
     out = tmp_path / "out.h5"
@@ -109,9 +103,9 @@ def test_artifact_killed_reruns_to_the_same_result(pipe: dict[str, Path], tmp_pa
 
 
 # ------------------------------------------------------------------------- folders
-def test_predict_image_folder_killed(pipe: dict[str, Path], tmp_path: Path):
-    args = ["predict", pipe["seg"], pipe["data"] / "test" / "img", "--classifier", pipe["cls"],
-            "--stride", 8, "-q"]
+def test_predict_image_folder_killed(pipeline: dict[str, Path], tmp_path: Path):
+    args = ["predict", pipeline["seg"], pipeline["data"] / "test" / "img", "--classifier",
+            pipeline["cls"], "--stride", 8, "-q"]
     duration = timed(*args, "-o", tmp_path / "ref", cwd=tmp_path)
     names = sorted(p.name for p in (tmp_path / "ref").glob("*.png"))
     assert len(names) == 6
@@ -127,10 +121,10 @@ def test_predict_image_folder_killed(pipe: dict[str, Path], tmp_path: Path):
     assert sorted(p.name for p in out.glob("*.png")) == names
 
 
-def test_predict_slide_folder_killed_and_its_workers_end(pipe: dict[str, Path],
+def test_predict_slide_folder_killed_and_its_workers_end(pipeline: dict[str, Path],
                                                          tmp_path: Path):
-    args = ["predict", pipe["seg"], pipe["slides"], "--classifier", pipe["cls"], "--mpp", 1.0,
-            "--stride", 16, "--workers", 2, "-q"]
+    args = ["predict", pipeline["seg"], pipeline["slides"], "--classifier", pipeline["cls"],
+            "--mpp", 1.0, "--stride", 16, "--workers", 2, "-q"]
     duration = timed(*args, "-o", tmp_path / "ref", cwd=tmp_path)
     out = tmp_path / "out"
 
@@ -153,8 +147,8 @@ def test_predict_slide_folder_killed_and_its_workers_end(pipe: dict[str, Path],
 
 
 # ------------------------------------------------------------------------- tile
-def test_tile_slide_folder_killed_and_its_workers_end(pipe: dict[str, Path], tmp_path: Path):
-    args = ["tile", pipe["slides"], "--mpp", 1.0, "--patch-size", 32, "--min-tissue", 0,
+def test_tile_slide_folder_killed_and_its_workers_end(pipeline: dict[str, Path], tmp_path: Path):
+    args = ["tile", pipeline["slides"], "--mpp", 1.0, "--patch-size", 32, "--min-tissue", 0,
             "--workers", 2, "-q"]
     duration = timed(*args, "-o", tmp_path / "ref", cwd=tmp_path)
     out = tmp_path / "out"
@@ -181,12 +175,12 @@ def _assert_end(orphans: list[list[int]], within: float = 5.0) -> None:
 
 
 # ------------------------------------------------------------------------- export
-def test_export_killed(pipe: dict[str, Path], tmp_path: Path):
+def test_export_killed(pipeline: dict[str, Path], tmp_path: Path):
     ort = pytest.importorskip("onnxruntime")
-    args = ["export", pipe["seg"], "--classifier", pipe["cls"], "--samples", 4, "-q"]
+    args = ["export", pipeline["seg"], "--classifier", pipeline["cls"], "--samples", 4, "-q"]
     duration = timed(*args, "-o", tmp_path / "ref.onnx", cwd=tmp_path)
     out = tmp_path / "out.onnx"
-    patches = _h5(pipe["art"] / "test.h5", "patches")[:4]
+    patches = _h5(pipeline["art"] / "test.h5", "patches")[:4]
 
     def labels(path: Path) -> np.ndarray:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -203,18 +197,18 @@ def test_export_killed(pipe: dict[str, Path], tmp_path: Path):
     assert out.exists()
 
 
-def test_export_finds_the_training_data_from_any_directory(pipe: dict[str, Path],
+def test_export_finds_the_training_data_from_any_directory(pipeline: dict[str, Path],
                                                            tmp_path: Path):
     """A segmenter trained from a dataset folder given as a relative path: export, run from
     elsewhere, verifies on the artifact that run read (recorded absolute, with its hash)."""
     pytest.importorskip("onnxruntime")
-    root = pipe["root"]
+    root = pipeline["root"]
     trained = run("train-seg", "D", "pm.h5", "-o", tmp_path / "seg", "--encoder", "resnet18",
                   "--epochs", 1, "-b", 10, "-j", 0, "-q", cwd=root)
     assert trained.returncode == 0, trained.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    done = run("export", tmp_path / "seg", "--classifier", pipe["cls"], "-o", "m.onnx",
+    done = run("export", tmp_path / "seg", "--classifier", pipeline["cls"], "-o", "m.onnx",
                "--samples", 4, "-q", cwd=elsewhere)
     assert done.returncode == 0, done.stderr
     assert (elsewhere / "m.onnx").is_file()
