@@ -21,6 +21,7 @@ from histoseg_cli.core.models import (
     load_classifier,
     save_checkpoint,
 )
+from histoseg_cli.core.models.classifier import build_classifier
 from histoseg_cli.core.models.mxnet_params import (
     LIST_MAGIC,
     V2_MAGIC,
@@ -70,20 +71,41 @@ def test_timm_encoder_output_stride_8(name: str) -> None:
                                  "std": pytest.approx([0.229, 0.224, 0.225])}
 
 
-def test_efficientnet_lite_explains_its_head_layer_at_output_stride_8() -> None:
+@pytest.mark.parametrize("stride", [16, 8])
+def test_efficientnet_lite_explains_its_head_layer(stride: int) -> None:
     """Lite backbones end in the head convolution (1280 channels after ReLU6, what the ImageNet
-    classifier pooled), dilated like the ResNets; the stem modules freeze, the head trains."""
-    net = build_backbone("efficientnet_lite0").eval()
+    classifier pooled), dilated to output stride 16 by default (8 on request); the stem
+    modules freeze, the head trains."""
+    net = (build_backbone("efficientnet_lite0") if stride == 16
+           else build_backbone("efficientnet_lite0", output_stride=8)).eval()
+    assert net.output_stride == stride
     layers = net(torch.rand(1, 3, 64, 64))
     assert list(layers) == list(net.cam_layers) == ["blocks.2", "blocks.4", "bn2"]
-    assert [tuple(v.shape[1:]) for v in layers.values()] == [(40, 8, 8), (112, 8, 8),
-                                                             (1280, 8, 8)]
+    side = 64 // stride
+    assert [tuple(v.shape[1:]) for v in layers.values()] == [
+        (40, 8, 8), (112, side, side), (1280, side, side)]
     assert layers["bn2"].min() >= 0 and layers["bn2"].max() <= 6  # after ReLU6
     assert net.layer_channels == (40, 112, 1280)
     net.freeze_pretrained()
     params = dict(net.named_parameters())
     assert not params["encoder.conv_stem.weight"].requires_grad
     assert params["encoder.conv_head.weight"].requires_grad
+
+
+def test_resnet38d_has_output_stride_8_only() -> None:
+    assert build_backbone("resnet38d", output_stride=8, **TINY).output_stride == 8
+    with pytest.raises(ValueError, match="output stride 8 only"):
+        build_backbone("resnet38d", output_stride=16, **TINY)
+
+
+def test_checkpoints_without_a_recorded_stride_rebuild_at_8() -> None:
+    """Lite classifiers from before the default became 16 recorded no stride: they were
+    built at 8 and must be rebuilt so, not at today's default."""
+    old = ClassifierInfo(class_names=["a", "b"], backbone="efficientnet_lite0")
+    assert build_classifier(old).backbone.output_stride == 8
+    new = ClassifierInfo(class_names=["a", "b"], backbone="efficientnet_lite0",
+                         backbone_kwargs={"output_stride": 16})
+    assert build_classifier(new).backbone.output_stride == 16
 
 
 @pytest.mark.parametrize("name,frozen,trained", [

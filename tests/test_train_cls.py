@@ -139,6 +139,28 @@ def test_resnet18_no_pda_fp32_nchw(imported: dict[str, Path], tmp_path: Path) ->
     assert not (tmp_path / "r18" / "best.pt").exists()  # no validation set given
 
 
+def test_output_stride_is_chosen_recorded_and_checked(imported: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    """--output-stride 16 builds, trains and reloads at 16 (recorded in the checkpoint, so cams
+    rebuilds the same network); a run without it records its backbone's default."""
+    result = invoke(str(imported["train"]), "-o", str(tmp_path / "os16"), "--backbone",
+                    "resnet18", "--output-stride", "16", "--epochs", "1", "-b", "16",
+                    "--workers", "0", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    loaded = load_classifier(tmp_path / "os16")
+    assert loaded.info.backbone_kwargs == {"output_stride": 16}
+    assert loaded.model.backbone.output_stride == 16
+    layers = loaded.model.backbone(torch.rand(1, 3, 32, 32))
+    assert [v.shape[-1] for v in layers.values()] == [4, 2, 2]
+    assert load_classifier(imported["run"]).info.backbone_kwargs == {"width": 0.0625,
+                                                                     "output_stride": 8}
+    for args, needle in ((["--output-stride", "12"], "--output-stride: must be 8 or 16"),
+                         (["--output-stride", "16", *TINY], "output stride 8 only")):
+        bad = invoke(str(imported["train"]), "-o", str(tmp_path / "bad"), *args)
+        assert bad.exit_code == 2 and needle in bad.stderr, bad.stderr
+        assert not (tmp_path / "bad").exists()
+
+
 def test_pretrained_state_dict_freezes_stem(imported: dict[str, Path], tmp_path: Path) -> None:
     before = load_classifier(imported["run"] / "checkpoint.pt").model.state_dict()
     result = invoke(str(imported["train"]), "-o", str(tmp_path / "ft"), "--epochs", "1",

@@ -15,8 +15,8 @@ from histoseg_cli.core.data.layouts import DATASETS
 #: Shown in --help without importing torch; tests check it lists every registered backbone.
 BACKBONE_HELP = ("resnet38d (the paper's ResNet-38), resnet10t, resnet18, resnet34, resnet50, "
                  "resnet101, resnext50_32x4d, efficientnet_lite0, efficientnet_lite1, "
-                 "efficientnet_lite2 (timm, dilated to output stride 8; the Lite ones with "
-                 "ImageNet weights offline from the weights extra)")
+                 "efficientnet_lite2 (timm, dilated; the Lite ones with ImageNet weights "
+                 "offline from the weights extra)")
 
 DATA, MODEL, PDA = "Data", "Model", "PDA"
 
@@ -48,6 +48,10 @@ def train_cls(
     width: Annotated[float, typer.Option(
         "--width", min=0.01, max=1.0, help="resnet38d channel multiplier (1 = the paper's "
         "network; smaller only for quick tries).", rich_help_panel=MODEL)] = 1.0,
+    output_stride: Annotated[int | None, typer.Option(
+        "--output-stride", help="8 or 16: input size / CAM size (the dilated timm networks; "
+        "resnet38d is 8) \\[default: 16 for efficientnet_lite0/1/2, 8 otherwise].",
+        show_default=False, rich_help_panel=MODEL)] = None,
     pretrained: Annotated[str | None, typer.Option(
         "--pretrained", help="Starting weights: a state dict / checkpoint / safetensors / MXNet "
         ".params file, or 'imagenet' (efficientnet_lite0/1/2: offline from the weights extra; "
@@ -116,6 +120,7 @@ def train_cls(
     config = ClassifierConfig(
         data=str(data), run_dir=str(output), val=str(val) if val else None, dataset=dataset,
         backbone=backbone, backbone_kwargs={"width": width} if width != 1.0 else {},
+        output_stride=output_stride,
         pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
         head_lr_mult=head_lr_mult, weight_decay=weight_decay, momentum=momentum,
         poly_power=poly_power, dropout=dropout, pda="off" if no_pda else pda,

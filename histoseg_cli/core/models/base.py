@@ -18,7 +18,9 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {}
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
-    """Decorator: make a backbone factory available as ``name``."""
+    """Decorator: make a backbone factory available as ``name``. The factory takes an
+    ``output_stride`` keyword (checkpoints record the stride they were built with and rebuild
+    with it; raise ``ValueError`` for strides the network cannot have)."""
 
     def add(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
         BACKBONES[name] = factory

@@ -25,9 +25,14 @@ class ClassifierInfo(ModelInfo):
     pda: dict[str, Any] = field(default_factory=dict)  # schedule, enabled, mu of the last epoch
 
 
+#: Output stride of checkpoints that do not record theirs: every backbone was built at 8 then.
+UNRECORDED_STRIDE = 8
+
+
 def build_classifier(info: ClassifierInfo) -> PatchClassifier:
     """An untrained classifier with the architecture ``info`` describes (no PDA module)."""
-    backbone = build_backbone(info.backbone, **info.backbone_kwargs)
+    backbone = build_backbone(info.backbone,
+                              **{"output_stride": UNRECORDED_STRIDE, **info.backbone_kwargs})
     return PatchClassifier(backbone, info.num_classes, dropout=info.dropout)
 
 

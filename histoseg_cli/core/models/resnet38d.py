@@ -125,6 +125,9 @@ class ResNet38d(Backbone):
 
 
 @register_backbone("resnet38d")
-def resnet38d(width: float = 1.0) -> ResNet38d:
-    """ResNet-38 "A1" (the paper's network); ``width`` < 1 for tests only."""
+def resnet38d(width: float = 1.0, output_stride: int = 8) -> ResNet38d:
+    """ResNet-38 "A1" (the paper's network); ``width`` < 1 for tests only. Its dilations are
+    fixed, so ``output_stride`` must be 8."""
+    if output_stride != 8:
+        raise ValueError(f"resnet38d has output stride 8 only, not {output_stride}")
     return ResNet38d(width=width)

@@ -60,7 +60,8 @@ class ClassifierTask(TrainTask):
     def build_model(self, sources: DataSources) -> PatchClassifier:
         cfg = self.config
         try:
-            backbone = build_backbone(cfg.backbone, **cfg.backbone_kwargs)
+            stride = {"output_stride": cfg.output_stride} if cfg.output_stride else {}
+            backbone = build_backbone(cfg.backbone, **cfg.backbone_kwargs, **stride)
         except (ValueError, TypeError) as err:
             raise UsageError(str(err), "backbone") from None
         pda = ProgressiveDropoutAttention(form=cfg.pda) if cfg.pda != "off" else None
@@ -127,7 +128,9 @@ class ClassifierTask(TrainTask):
         return ClassifierInfo(
             class_names=list(sources.class_names), palette=self._palette,
             normalisation=backbone.normalisation, patch_size=self._patch_size, mpp=self._mpp,
-            config=cfg.as_dict(), backbone=cfg.backbone, backbone_kwargs=cfg.backbone_kwargs,
+            config=cfg.as_dict(), backbone=cfg.backbone,
+            # the stride as built, so a later default cannot change how cams rebuilds it
+            backbone_kwargs={**cfg.backbone_kwargs, "output_stride": backbone.output_stride},
             cam_layers=list(backbone.cam_layers), background=self._background,
             dropout=cfg.dropout, pda={**asdict(cfg.mu), "enabled": cfg.pda != "off",
                                             "form": cfg.pda, "mu": row["mu"]})

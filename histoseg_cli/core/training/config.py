@@ -97,6 +97,7 @@ class ClassifierConfig(TrainConfig):
 
     backbone: str = "resnet38d"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    output_stride: int | None = None  # 8 or 16; None: the backbone's own (registry default)
     dropout: float = 0.5
     pda: str = "normalised"  # a PDA form (models.pda.PDA_FORMS) or "off"
     mu: MuSchedule = field(default_factory=MuSchedule)
@@ -122,7 +123,10 @@ class ClassifierConfig(TrainConfig):
                  f"unknown backbone '{self.backbone}'; choose one of "
                  f"{', '.join(sorted(BACKBONES))}"),
                 (not self.backbone_kwargs.get("width") or self.backbone == "resnet38d",
-                 "width", "applies to {backbone} resnet38d only")]
+                 "width", "applies to {backbone} resnet38d only"),
+                (self.output_stride in (None, 8, 16), "output_stride", "must be 8 or 16"),
+                (self.output_stride in (None, 8) or self.backbone != "resnet38d",
+                 "output_stride", "resnet38d has output stride 8 only")]
 
 
 @dataclass
