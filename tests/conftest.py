@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,16 @@ from histoseg_cli.core.models.classifier import ClassifierInfo, build_classifier
 from histoseg_cli.core.models.segmenter import Segmenter, SegmenterInfo
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n N``) the workers share the cores: each worker, and every
+    histoseg process its tests start, gets cores / N threads instead of all of them."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        os.environ.setdefault("OMP_NUM_THREADS",
+                              str(max(1, (os.cpu_count() or 1) // int(workers))))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture
@@ -109,6 +120,16 @@ def write_patches(path: Path, n: int = 10, size: int = 32, num_classes: int = 4,
         rows = {"labels": labels, **({"masks": truth} if masks else {})}
         writer.append(images, names or [f"p{i:03d}" for i in range(n)], **rows)
     return path
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny trained pipeline the fault suites (tests/faults) run on, built once: it takes
+    seconds of real training, and those suites only read it."""
+    pytest.importorskip("tifffile")
+    from faults.harness import build_pipeline
+
+    return build_pipeline(tmp_path_factory.mktemp("pipeline"))
 
 
 MODEL_CLASSES = ["c0", "c1", "c2", "c3"]

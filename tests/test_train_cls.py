@@ -77,7 +77,8 @@ def test_training_from_dataset_folder(imported: dict[str, Path]) -> None:
     loaded = load_classifier(run / "checkpoint.pt")
     info = loaded.info
     assert info.class_names == ["TE", "NEC", "LYM", "TAS"]
-    assert info.backbone == "resnet38d" and info.backbone_kwargs == {"width": 0.0625}
+    assert info.backbone == "resnet38d"
+    assert info.backbone_kwargs == {"width": 0.0625, "output_stride": 8}
     assert info.cam_layers == ["b4_5", "b5_2", "bn7"]
     assert info.normalisation == "scale01" and info.patch_size == 32
     assert info.background == "white" and info.epoch == 4 and info.iteration == 4 * steps
