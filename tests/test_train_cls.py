@@ -162,6 +162,15 @@ def test_output_stride_is_chosen_recorded_and_checked(imported: dict[str, Path],
         assert not (tmp_path / "bad").exists()
 
 
+def test_runs_saved_before_the_stride_option_resume_at_8() -> None:
+    from histoseg_cli.core.training import ClassifierConfig
+
+    saved = ClassifierConfig(data="d.h5", run_dir="r", backbone="efficientnet_lite0").as_dict()
+    assert ClassifierConfig.from_dict(saved).output_stride is None  # today's: the default
+    del saved["output_stride"]
+    assert ClassifierConfig.from_dict(saved).output_stride == 8
+
+
 def test_pretrained_state_dict_freezes_stem(imported: dict[str, Path], tmp_path: Path) -> None:
     before = load_classifier(imported["run"] / "checkpoint.pt").model.state_dict()
     result = invoke(str(imported["train"]), "-o", str(tmp_path / "ft"), "--epochs", "1",

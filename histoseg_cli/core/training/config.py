@@ -8,6 +8,7 @@ from typing import Any
 
 from histoseg_cli.core.errors import UsageError
 from histoseg_cli.core.defaults import PRECISIONS
+from histoseg_cli.core.models.classifier import UNRECORDED_STRIDE
 from histoseg_cli.core.models.pda import PDA_FORMS, MuSchedule
 from histoseg_cli.core.models.segmenter import ATROUS_RATES
 
@@ -103,6 +104,11 @@ class ClassifierConfig(TrainConfig):
     mu: MuSchedule = field(default_factory=MuSchedule)
     flips: bool = True
     color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter, 0 = off
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        # a run saved before the stride was an option was built at 8; resume it so
+        return super().from_dict({"output_stride": UNRECORDED_STRIDE, **data})
 
     def __post_init__(self) -> None:
         if isinstance(self.mu, dict):
