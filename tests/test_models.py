@@ -92,10 +92,13 @@ def test_efficientnet_lite_explains_its_head_layer(stride: int) -> None:
     assert params["encoder.conv_head.weight"].requires_grad
 
 
-def test_resnet38d_has_output_stride_8_only() -> None:
+def test_registry_checks_each_backbones_strides() -> None:
     assert build_backbone("resnet38d", output_stride=8, **TINY).output_stride == 8
     with pytest.raises(ValueError, match="output stride 8 only"):
         build_backbone("resnet38d", output_stride=16, **TINY)
+    assert build_backbone("resnet10t", output_stride=32).output_stride == 32  # undilated
+    with pytest.raises(ValueError, match="output stride 8, 16 or 32 only, not 4"):
+        build_backbone("resnet10t", output_stride=4)
 
 
 def test_checkpoints_without_a_recorded_stride_rebuild_at_8() -> None:

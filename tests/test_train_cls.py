@@ -155,7 +155,7 @@ def test_output_stride_is_chosen_recorded_and_checked(imported: dict[str, Path],
     assert [v.shape[-1] for v in layers.values()] == [4, 2, 2]
     assert load_classifier(imported["run"]).info.backbone_kwargs == {"width": 0.0625,
                                                                      "output_stride": 8}
-    for args, needle in ((["--output-stride", "12"], "--output-stride: must be 8 or 16"),
+    for args, needle in ((["--output-stride", "12"], "resnet38d has output stride 8 only, not 12"),
                          (["--output-stride", "16", *TINY], "output stride 8 only")):
         bad = invoke(str(imported["train"]), "-o", str(tmp_path / "bad"), *args)
         assert bad.exit_code == 2 and needle in bad.stderr, bad.stderr

@@ -49,8 +49,8 @@ def train_cls(
         "--width", min=0.01, max=1.0, help="resnet38d channel multiplier (1 = the paper's "
         "network; smaller only for quick tries).", rich_help_panel=MODEL)] = 1.0,
     output_stride: Annotated[int | None, typer.Option(
-        "--output-stride", help="8 or 16: input size / CAM size (the dilated timm networks; "
-        "resnet38d is 8) \\[default: 16 for efficientnet_lite0/1/2, 8 otherwise].",
+        "--output-stride", help="8, 16 or 32: input size / CAM size (the timm networks, dilated "
+        "below 32; resnet38d is 8) \\[default: 16 for efficientnet_lite0/1/2, 8 otherwise].",
         show_default=False, rich_help_panel=MODEL)] = None,
     pretrained: Annotated[str | None, typer.Option(
         "--pretrained", help="Starting weights: a state dict / checkpoint / safetensors / MXNet "

@@ -9,31 +9,53 @@ commands and checkpoints refer to them by string, never through if-chains.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-BACKBONES: dict[str, Callable[..., Backbone]] = {}
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A registered backbone: its factory and the output strides it can be built at."""
+
+    factory: Callable[..., Backbone]
+    strides: tuple[int, ...]
+
+    def stride_error(self, name: str, output_stride: int) -> str | None:
+        """Why ``output_stride`` cannot be built, or None when it can."""
+        if output_stride in self.strides:
+            return None
+        *others, last = map(str, self.strides)
+        choices = f"{', '.join(others)} or {last}" if others else last
+        return f"{name} has output stride {choices} only, not {output_stride}"
 
 
-def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+BACKBONES: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(name: str, strides: tuple[int, ...] = (8, 16)
+                      ) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
     """Decorator: make a backbone factory available as ``name``. The factory takes an
-    ``output_stride`` keyword (checkpoints record the stride they were built with and rebuild
-    with it; raise ``ValueError`` for strides the network cannot have)."""
+    ``output_stride`` keyword, one of ``strides`` (checked here and by the training config
+    before anything is built); checkpoints record the stride they were built with."""
 
     def add(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        BACKBONES[name] = factory
+        BACKBONES[name] = BackboneEntry(factory, strides)
         return factory
 
     return add
 
 
 def build_backbone(name: str, **kwargs: Any) -> Backbone:
-    """Instantiate a registered backbone (``ValueError`` listing the choices otherwise)."""
+    """Instantiate a registered backbone (``ValueError`` listing the choices, or naming the
+    strides it supports, otherwise)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name](**kwargs)
+    entry = BACKBONES[name]
+    if "output_stride" in kwargs and (why := entry.stride_error(name, kwargs["output_stride"])):
+        raise ValueError(why)
+    return entry.factory(**kwargs)
 
 
 class Backbone(nn.Module):

@@ -124,10 +124,8 @@ class ResNet38d(Backbone):
         return out
 
 
-@register_backbone("resnet38d")
+@register_backbone("resnet38d", strides=(8,))
 def resnet38d(width: float = 1.0, output_stride: int = 8) -> ResNet38d:
     """ResNet-38 "A1" (the paper's network); ``width`` < 1 for tests only. Its dilations are
-    fixed, so ``output_stride`` must be 8."""
-    if output_stride != 8:
-        raise ValueError(f"resnet38d has output stride 8 only, not {output_stride}")
+    fixed: output stride 8 only."""
     return ResNet38d(width=width)

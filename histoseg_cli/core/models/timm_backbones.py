@@ -85,7 +85,7 @@ class TimmHeadBackbone(TimmBackbone):
 
 def _register(name: str, stem: tuple[str, ...], timm_name: str | None = None,
               kind: type[TimmBackbone] = TimmBackbone, default_stride: int = 8) -> None:
-    @register_backbone(name)
+    @register_backbone(name, strides=(8, 16, 32))
     def factory(output_stride: int = default_stride, **kwargs: Any) -> TimmBackbone:
         return kind(timm_name or name, stem, output_stride=output_stride, **kwargs)
 

@@ -120,6 +120,9 @@ class ClassifierConfig(TrainConfig):
     def checks(self) -> list[tuple[bool, str, str]]:
         from histoseg_cli.core.models.base import BACKBONES
 
+        entry = BACKBONES.get(self.backbone)
+        stride_error = (entry and self.output_stride is not None
+                        and entry.stride_error(self.backbone, self.output_stride))
         return [*super().checks(),
                 (0 <= self.dropout < 1, "dropout", "must be in [0, 1)"),
                 (self.pda in (*PDA_FORMS, "off"), "pda",
@@ -130,9 +133,7 @@ class ClassifierConfig(TrainConfig):
                  f"{', '.join(sorted(BACKBONES))}"),
                 (not self.backbone_kwargs.get("width") or self.backbone == "resnet38d",
                  "width", "applies to {backbone} resnet38d only"),
-                (self.output_stride in (None, 8, 16), "output_stride", "must be 8 or 16"),
-                (self.output_stride in (None, 8) or self.backbone != "resnet38d",
-                 "output_stride", "resnet38d has output stride 8 only")]
+                (not stride_error, "output_stride", stride_error or "")]
 
 
 @dataclass
