@@ -192,11 +192,13 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
     results: dict[str, object] = dict(earlier["results"]) if earlier else {}
 
     def train_seg(name: str, *args: object) -> str:
-        """The segmenter run ``seg-NAME``; an earlier run's finished one is reused."""
-        made = work / f"seg-{name}" / "checkpoint.pt"
-        if earlier is not None and made.is_file():
-            return str(made)
-        return run("train-seg", "train-seg", work / "train.h5", *args, "-o", made.parent,
+        """The segmenter run ``seg-NAME``; one an earlier run started there is resumed (at
+        once when it is complete)."""
+        folder = work / f"seg-{name}"
+        if earlier is not None and (folder / "config.json").is_file():
+            return run("train-seg", "train-seg", work / "train.h5", *args, "-o", folder,
+                       "--resume", *precision, *dev)
+        return run("train-seg", "train-seg", work / "train.h5", *args, "-o", folder,
                    "--overwrite", *seg_args)
 
     def evaluate(name: str, seg: str, extra: list[object]) -> None:
@@ -270,17 +272,25 @@ def table(name: str, runs: list[dict[str, Any]]) -> str:
             f"{seeds}. {start}; "
             f"{first['published']}.", "",
             "| variant | mIoU | FwIoU | ACC | IoU per class |", "|---|---:|---:|---:|---|"]
-    for variant in sorted(first["results"], key=lambda v: (VARIANTS + (v,)).index(v)):
-        got = [r["results"][variant] for r in runs]
+    named = {v for r in runs for v in r["results"]}
+    for variant in sorted(named, key=lambda v: (VARIANTS + (v,)).index(v)):
+        have = [r for r in runs if variant in r["results"]]
+        got = [r["results"][variant] for r in have]
         ious = ", ".join(f"{k} {sum(g['iou'][k] for g in got) / len(got):.3f}"
                          for k, v in got[0]["iou"].items() if v is not None)
+        if len(have) < len(runs):
+            variant += f" (seed {', '.join(str(r['seed']) for r in have)} only)"
         rows.append(f"| {variant} | {_spread([g['miou'] for g in got])} | "
                     f"{_spread([g['fwiou'] for g in got])} | "
                     f"{_spread([g['accuracy'] for g in got])} | {ious} |")
     for key, where in (("pseudo_mask_miou", "held-out"), ("pseudo_mask_miou_train", "training")):
-        for variant, layers in first.get(key, {}).items():
-            cells = " / ".join(_spread([r[key][variant][layer] for r in runs])
+        for variant in dict.fromkeys(v for r in runs for v in r.get(key, {})):
+            have = [r for r in runs if variant in r.get(key, {})]
+            layers = have[0][key][variant]
+            cells = " / ".join(_spread([r[key][variant][layer] for r in have])
                                for layer in layers)
+            if len(have) < len(runs):
+                variant += f", seed {', '.join(str(r['seed']) for r in have)} only"
             rows.append(f"| pseudo masks ({variant}), {where} patches | {cells} | | | "
                         f"mIoU per layer: {', '.join(layers)} |")
     total = sum(r["total_seconds"] for r in runs) / len(runs)
@@ -339,17 +349,17 @@ def main() -> None:
     before = json.loads(stored.read_text()) if args.add and stored.is_file() else {}
     results: dict[str, Any] = {}
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        # with --add, the seeds not run now stay as they were
-        results[name] = [r for r in before.get(name, []) if r["seed"] not in seeds]
+        # with --add, every seed's earlier result stays until its new one replaces it
+        results[name] = list(before.get(name, []))
         for seed in seeds:
             print(f"{name}, seed {seed}:", file=sys.stderr)
             earlier = next((r for r in before.get(name, []) if r["seed"] == seed
                             and r["config"] == args.config), None)
-            results[name].append(run_dataset(
-                DATASETS[name], args.config, args.output, args.device, seed,
-                tuple(v.strip() for v in args.variants.split(",") if v.strip()),
-                args.patch_size, earlier))
-            results[name].sort(key=lambda r: r["seed"])
+            made = run_dataset(DATASETS[name], args.config, args.output, args.device, seed,
+                               tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+                               args.patch_size, earlier)
+            results[name] = sorted([r for r in results[name] if r["seed"] != seed] + [made],
+                                   key=lambda r: r["seed"])
             stored.write_text(json.dumps({**before, **results}, indent=2) + "\n")
         print(table(name, results[name]) + "\n")
     if str(args.docs) not in ("", "."):
