@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+
 @dataclass(frozen=True)
 class BackboneEntry:
     """A registered backbone: its factory and the output strides it can be built at."""
