@@ -254,6 +254,11 @@ def _spread(values: list[float]) -> str:
     return mean if len(values) == 1 else f"{mean} ({' / '.join(f'{v:.3f}' for v in values)})"
 
 
+def _only(have: list[dict[str, Any]]) -> str:
+    """``seed 0 only``: which seeds a variant ran with, when not all of them."""
+    return f"seed {', '.join(str(r['seed']) for r in have)} only"
+
+
 def table(name: str, runs: list[dict[str, Any]]) -> str:
     """The dataset's section of docs/benchmarks.md: each figure as the mean over seeds, with
     every seed's value beside it when there are several."""
@@ -279,7 +284,7 @@ def table(name: str, runs: list[dict[str, Any]]) -> str:
         ious = ", ".join(f"{k} {sum(g['iou'][k] for g in got) / len(got):.3f}"
                          for k, v in got[0]["iou"].items() if v is not None)
         if len(have) < len(runs):
-            variant += f" (seed {', '.join(str(r['seed']) for r in have)} only)"
+            variant += f" ({_only(have)})"
         rows.append(f"| {variant} | {_spread([g['miou'] for g in got])} | "
                     f"{_spread([g['fwiou'] for g in got])} | "
                     f"{_spread([g['accuracy'] for g in got])} | {ious} |")
@@ -290,7 +295,7 @@ def table(name: str, runs: list[dict[str, Any]]) -> str:
             cells = " / ".join(_spread([r[key][variant][layer] for r in have])
                                for layer in layers)
             if len(have) < len(runs):
-                variant += f", seed {', '.join(str(r['seed']) for r in have)} only"
+                variant += f", {_only(have)}"
             rows.append(f"| pseudo masks ({variant}), {where} patches | {cells} | | | "
                         f"mIoU per layer: {', '.join(layers)} |")
     total = sum(r["total_seconds"] for r in runs) / len(runs)
@@ -349,12 +354,12 @@ def main() -> None:
     before = json.loads(stored.read_text()) if args.add and stored.is_file() else {}
     results: dict[str, Any] = {}
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        # with --add, every seed's earlier result stays until its new one replaces it
-        results[name] = list(before.get(name, []))
+        # with --add, every seed's earlier result (of this configuration: a table never
+        # mixes two) stays until its new one replaces it
+        results[name] = [r for r in before.get(name, []) if r["config"] == args.config]
         for seed in seeds:
             print(f"{name}, seed {seed}:", file=sys.stderr)
-            earlier = next((r for r in before.get(name, []) if r["seed"] == seed
-                            and r["config"] == args.config), None)
+            earlier = next((r for r in results[name] if r["seed"] == seed), None)
             made = run_dataset(DATASETS[name], args.config, args.output, args.device, seed,
                                tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                                args.patch_size, earlier)
