@@ -17,6 +17,7 @@ from histoseg_cli.core.inference.engine import InferenceEngine
 from histoseg_cli.core.metrics.confusion import ConfusionMatrix
 from histoseg_cli.core.models import InputNorm, Segmenter, load_segmenter
 from histoseg_cli.core.training import run_dir as run_dir_module
+from histoseg_cli.core.training.config import ClassifierConfig
 from histoseg_cli.core.training.segmenter import (
     SegmenterConfig,
     SegmenterTask,
@@ -42,10 +43,21 @@ def test_decoder_lr_is_10x_the_encoders_unless_set():
         return {round(g["lr"], 9) for g in groups if g["name"].startswith("head")}
 
     assert head_lr() == {0.1}
-    assert head_lr(pretrained="imagenet") == {0.01}  # from the pretrained LR, 0.001
     assert head_lr(head_lr_mult=3.0) == {0.03}
-    assert head_lr(pretrained="w.pth", head_lr_mult=1.0) == {0.001}
-    assert head_lr(pretrained="w.pth", lr=0.01, head_lr_mult=1.0) == {0.01}
+    assert head_lr(pretrained="w.pth", lr=0.001, head_lr_mult=1.0) == {0.001}
+
+
+def test_pretrained_weights_lower_the_default_lr_of_the_classifier_only():
+    """0.01 wipes out an ImageNet classifier; a segmenter's encoder under a fresh decoder
+    needs it."""
+    def lr(config: type, **options: object) -> float:
+        extra = {"pseudo": "p.h5"} if config is SegmenterConfig else {}
+        return config(data="d.h5", run_dir="r", **extra, **options).lr
+
+    assert lr(ClassifierConfig) == lr(SegmenterConfig) == 0.01
+    assert lr(ClassifierConfig, pretrained="imagenet") == 0.001
+    assert lr(SegmenterConfig, pretrained="imagenet") == 0.01
+    assert lr(ClassifierConfig, pretrained="imagenet", lr=0.005) == 0.005
 
 
 def test_loss_weights_layers_and_ignores_background():

@@ -63,7 +63,7 @@ def train_cls(
     epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=opt.OPTIM)] = 20,
     batch_size: opt.BatchSize = 20,
     lr: Annotated[float | None, typer.Option(
-        "--lr", min=0.0, help="Backbone learning rate [default: 0.01 from scratch, 0.001 from "
+        "--lr", min=0.0, help="Backbone learning rate \\[default: 0.01 from scratch, 0.001 from "
         "--pretrained weights].", show_default=False, rich_help_panel=opt.OPTIM)] = None,
     head_lr_mult: Annotated[float, typer.Option("--head-lr-mult", min=0.0,
                                                 help="LR multiplier of fc8.",

@@ -4,7 +4,7 @@ per task (the classifier's and the segmenter's), side by side."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from histoseg_cli.core.errors import UsageError
 from histoseg_cli.core.defaults import PRECISIONS
@@ -16,11 +16,13 @@ from histoseg_cli.core.models.segmenter import ATROUS_RATES
 RUNTIME_FIELDS = ("data", "val", "run_dir", "device", "workers", "precision", "channels_last",
                   "compile", "resume", "overwrite")
 
-#: Learning rates when --lr is not given. From ImageNet weights 0.01 wipes them out (EfficientNet-
-#: Lite0 on the demo data: loss 9-22, F1 0), 0.001 fine-tunes them (F1 0.88 in 3 epochs); from
-#: scratch 0.01 is the paper's rate.
-SCRATCH_LR = 0.01
-PRETRAINED_LR = 0.001
+#: Learning rates when --lr is not given: the paper's 0.01, except for a classifier started
+#: from pretrained weights. There 0.01 wipes the ImageNet weights out (EfficientNet-Lite0 on the
+#: demo data: loss 9-22, F1 0) and 0.001 fine-tunes them (F1 0.88 in 3 epochs). A segmenter's
+#: ImageNet encoder under its fresh decoder needs the paper's rate (GlaS, fully supervised,
+#: Lite0: held-out mIoU 0.733 at 0.001, 0.755 at 0.003, 0.780 at 0.01; docs/benchmarks.md).
+PAPER_LR = 0.01
+FINE_TUNE_LR = 0.001
 
 
 @dataclass
@@ -35,7 +37,7 @@ class TrainConfig:
     pretrained: str | None = None  # "imagenet" or a weights file
     epochs: int = 20
     batch_size: int = 20  # global: split across distributed processes
-    lr: float | None = None  # None: SCRATCH_LR, or PRETRAINED_LR with pretrained weights
+    lr: float | None = None  # None: PAPER_LR, or pretrained_lr with pretrained weights
     head_lr_mult: float = 10.0
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -50,9 +52,12 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
 
+    #: the learning rate when --lr is not given and training starts from pretrained weights
+    pretrained_lr: ClassVar[float] = PAPER_LR
+
     def __post_init__(self) -> None:
         if self.lr is None:
-            self.lr = PRETRAINED_LR if self.pretrained else SCRATCH_LR
+            self.lr = self.pretrained_lr if self.pretrained else PAPER_LR
         for ok, setting, message in self.checks():
             if not ok:
                 raise UsageError(message, setting)
@@ -96,6 +101,7 @@ class TrainConfig:
 class ClassifierConfig(TrainConfig):
     """A train-cls run. Defaults are the paper's stage-1 recipe (see docs/method.md)."""
 
+    pretrained_lr: ClassVar[float] = FINE_TUNE_LR
     backbone: str = "resnet38d"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     output_stride: int | None = None  # 8 or 16; None: the backbone's own (registry default)
