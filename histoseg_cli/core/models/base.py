@@ -35,11 +35,12 @@ class BackboneEntry:
 BACKBONES: dict[str, BackboneEntry] = {}
 
 
-def register_backbone(name: str, strides: tuple[int, ...] = (8, 16)
+def register_backbone(name: str, *, strides: tuple[int, ...]
                       ) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
     """Decorator: make a backbone factory available as ``name``. The factory takes an
-    ``output_stride`` keyword, one of ``strides`` (checked here and by the training config
-    before anything is built); checkpoints record the stride they were built with."""
+    ``output_stride`` keyword, one of ``strides`` (required: only the backbone knows which it
+    can be built at; checked here and by the training config before anything is built);
+    checkpoints record the stride they were built with."""
 
     def add(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
         BACKBONES[name] = BackboneEntry(factory, strides)
