@@ -259,6 +259,13 @@ def _only(have: list[dict[str, Any]]) -> str:
     return f"seed {', '.join(str(r['seed']) for r in have)} only"
 
 
+def _by_variant(runs: list[dict[str, Any]], key: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Each variant under ``key`` in any run, in VARIANTS order, with the runs that have it."""
+    named = {v for r in runs for v in r.get(key, {})}
+    return [(v, [r for r in runs if v in r.get(key, {})])
+            for v in sorted(named, key=lambda v: (VARIANTS + (v,)).index(v))]
+
+
 def table(name: str, runs: list[dict[str, Any]]) -> str:
     """The dataset's section of docs/benchmarks.md: each figure as the mean over seeds, with
     every seed's value beside it when there are several."""
@@ -277,9 +284,7 @@ def table(name: str, runs: list[dict[str, Any]]) -> str:
             f"{seeds}. {start}; "
             f"{first['published']}.", "",
             "| variant | mIoU | FwIoU | ACC | IoU per class |", "|---|---:|---:|---:|---|"]
-    named = {v for r in runs for v in r["results"]}
-    for variant in sorted(named, key=lambda v: (VARIANTS + (v,)).index(v)):
-        have = [r for r in runs if variant in r["results"]]
+    for variant, have in _by_variant(runs, "results"):
         got = [r["results"][variant] for r in have]
         ious = ", ".join(f"{k} {sum(g['iou'][k] for g in got) / len(got):.3f}"
                          for k, v in got[0]["iou"].items() if v is not None)
@@ -289,8 +294,7 @@ def table(name: str, runs: list[dict[str, Any]]) -> str:
                     f"{_spread([g['fwiou'] for g in got])} | "
                     f"{_spread([g['accuracy'] for g in got])} | {ious} |")
     for key, where in (("pseudo_mask_miou", "held-out"), ("pseudo_mask_miou_train", "training")):
-        for variant in dict.fromkeys(v for r in runs for v in r.get(key, {})):
-            have = [r for r in runs if variant in r.get(key, {})]
+        for variant, have in _by_variant(runs, key):
             layers = have[0][key][variant]
             cells = " / ".join(_spread([r[key][variant][layer] for r in have])
                                for layer in layers)
