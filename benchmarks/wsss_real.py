@@ -12,14 +12,15 @@ from), and the final segmentation's mIoU, FwIoU, ACC and IoU per class for
 
 * the method (PDA, all three CAM layers, classification gate),
 * no PDA (train-cls --no-pda, the rest unchanged),
-* with pretrained weights, also the paper's raw PDA (train-cls --pda paper),
+* with a pretrained classifier, also the paper's raw PDA (train-cls --pda paper),
 * single-layer supervision (train-seg --layers: the deepest CAM layer only),
 * no gate (predict --no-gate with the method's segmenter),
 * the fully supervised upper bound (train-seg --masks on the same training images, no gate),
 
 plus wall time per stage. The cpu configuration trains from scratch; cpu-pretrained starts
 both stages from ImageNet EfficientNet-Lite0 weights (installed offline with the weights
-extra). Held-out images are never used to choose a checkpoint. ``--seeds 0,1`` repeats every
+extra); cpu-hybrid trains the cpu classifier from scratch and the segmenter from ImageNet
+Lite0. Held-out images are never used to choose a checkpoint. ``--seeds 0,1`` repeats every
 training with each seed, so run-to-run noise sits beside the differences between variants;
 ``--add`` adds variants to an earlier run's folder without training its runs again.
 Results go to OUT/results.json, to stdout as a table, and into docs/benchmarks.md (this
@@ -31,6 +32,7 @@ paper-sized one (ResNet-38 classifier, DeepLabV3+ ResNet-101, 20/30 epochs) is f
     python benchmarks/wsss_real.py --config cpu -o /tmp/wsss          # both datasets
     python benchmarks/wsss_real.py --config cpu --datasets glas --seeds 0,1 -o /tmp/wsss
     python benchmarks/wsss_real.py --config cpu-pretrained --seeds 0,1 -o /tmp/wsss-pre
+    python benchmarks/wsss_real.py --config cpu-hybrid --seeds 0,1 -o /tmp/wsss-hybrid
     python benchmarks/wsss_real.py --config paper --device cuda -o /tmp/wsss-gpu
 """
 
@@ -74,19 +76,42 @@ class Dataset:
 #: predict (the CPU's AVX-512 BF16 / AMX path: 2-4x fp32;
 #: pseudo masks within 0.001 mIoU of fp32). From scratch the decoder trains at the encoder's LR
 #: (train-seg --head-lr-mult 1, not the paper's 10x: steadier on GlaS; docs/benchmarks.md).
+#: ``cls_weights`` / ``seg_weights``: each stage's ``--pretrained`` (None: from scratch);
+#: ``settings``: which of a dataset's epoch and stride settings it runs with.
 CONFIGS: dict[str, dict[str, object]] = {
     "cpu": {"backbone": "resnet10t", "encoder": "tu-resnet10t", "deepest": "layer4",
-            "batch": 16, "cams_batch": 32, "precision": "bf16", "head_lr_mult": 1},
+            "batch": 16, "cams_batch": 32, "precision": "bf16", "head_lr_mult": 1,
+            "settings": "cpu"},
     # ImageNet EfficientNet-Lite0 in both stages (offline, from the weights extra; the
     # classifier at its default output stride 16), the paper's 10x decoder LR, cams on one
     # view (flips added 0.004-0.010 mIoU pretrained, for 3.2x the time: docs/benchmarks.md);
-    # train-cls/train-seg pick the pretrained LR (0.001) themselves.
+    # train-cls picks its pretrained LR (0.001) itself.
     "cpu-pretrained": {"backbone": "efficientnet_lite0", "encoder": "efficientnet_lite0",
                        "deepest": "bn2", "batch": 16, "cams_batch": 32, "tta": "none",
-                       "precision": "bf16", "head_lr_mult": 10, "pretrained": "imagenet"},
+                       "precision": "bf16", "head_lr_mult": 10, "cls_weights": "imagenet",
+                       "seg_weights": "imagenet", "settings": "cpu-pretrained"},
+    # ImageNet where it pays on a CPU: the small ResNet classifier from scratch (finer CAMs
+    # than ImageNet Lite0's, 5x faster to train) and the ImageNet Lite0 segmenter.
+    "cpu-hybrid": {"backbone": "resnet10t", "encoder": "efficientnet_lite0", "deepest": "layer4",
+                   "batch": 16, "cams_batch": 32, "precision": "bf16", "head_lr_mult": 10,
+                   "seg_weights": "imagenet", "settings": "cpu"},
     "paper": {"backbone": "resnet38d", "encoder": "resnet101", "deepest": "bn7", "batch": 20,
-              "cams_batch": 32, "precision": "auto", "head_lr_mult": 10},
+              "cams_batch": 32, "precision": "auto", "head_lr_mult": 10, "settings": "paper"},
 }
+
+
+def start(run: dict[str, Any]) -> str:
+    """Where a run's two stages started, in words (runs stored before the per-stage keys
+    name one ``pretrained`` for both)."""
+    cls = run.get("cls_pretrained", run.get("pretrained"))
+    seg = run.get("seg_pretrained", run.get("pretrained"))
+    if cls and cls == seg:
+        return f"{cls} weights in both stages"
+    if not (cls or seg):
+        return "No pretrained weights"
+    return (f"classifier {f'from {cls} weights' if cls else 'from scratch'}, segmenter "
+            f"{f'from {seg} weights' if seg else 'from scratch'}")
+
 
 DATASETS = {
     "glas": Dataset(
@@ -162,7 +187,7 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
     Its variants are kept, and the classifiers, pseudo masks and segmenters it left there
     are reused instead of trained again, so missing variants can be added later."""
     cfg = CONFIGS[config]
-    settings = ds.settings.get(config) or ds.settings[config.removesuffix("-pretrained")]
+    settings = ds.settings.get(cfg["settings"]) or ds.settings["cpu"]
     if patch:  # another patch size, cut at a stride of one patch
         ds, settings = replace(ds, patch=patch), {**settings, "stride": patch}
     work = out / ds.name / f"seed-{seed}"
@@ -171,7 +196,8 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
     f = split(ds, work)
     run = Pipeline(work, device, dict(earlier["seconds"]) if earlier else None)
     dev = ["--device", device]
-    weights = ["--pretrained", cfg["pretrained"]] if cfg.get("pretrained") else []
+    cls_weights = ["--pretrained", cfg["cls_weights"]] if cfg.get("cls_weights") else []
+    seg_weights = ["--pretrained", cfg["seg_weights"]] if cfg.get("seg_weights") else []
     precision = ["--precision", cfg["precision"]]
     classes = ",".join(ds.classes)
     cut = ["--classes", classes, "--patch-size", ds.patch]
@@ -182,11 +208,11 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
             ds.patch, "-o", work / "test.h5")
     train = ["--epochs", settings["cls_epochs"], "--pda-warmup", settings["pda_warmup"],
              "--batch-size", cfg["batch"], "--backbone", cfg["backbone"], "--seed", seed,
-             *weights, *precision, *dev]
+             *cls_weights, *precision, *dev]
     # No --val: the held-out images are for scoring only, never for choosing a checkpoint.
     seg_args = ["--encoder", cfg["encoder"], "--epochs", settings["seg_epochs"],
                 "--batch-size", cfg["batch"], "--head-lr-mult", cfg["head_lr_mult"],
-                "--seed", seed, *weights, *precision, *dev]
+                "--seed", seed, *seg_weights, *precision, *dev]
     cams = ["--background", ds.background, "--gallery", "0", "--batch-size", cfg["cams_batch"],
             "--tta", cfg.get("tta", "flips"), *precision, *dev]
     results: dict[str, object] = dict(earlier["results"]) if earlier else {}
@@ -211,7 +237,7 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
     train_layers = dict(earlier["pseudo_mask_miou_train"]) if earlier else {}
     wanted = tuple(v for v in wanted if v not in results)
     variants = [("method", []), ("no_pda", ["--no-pda"])]
-    if cfg.get("pretrained"):  # the published PDA beside the per-patch normalised default
+    if cfg.get("cls_weights"):  # the published PDA beside the per-patch normalised default
         variants.append(("pda_paper", ["--pda", "paper"]))
     needs_method = {"method", "no_gate", "single_layer"} & set(wanted)
     variants = [(v, pda) for v, pda in variants if v in wanted or (v == "method" and needs_method)]
@@ -240,7 +266,8 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
     with h5py.File(work / "train.h5", "r") as artifact:
         patches = len(artifact["labels"])
     return {"config": config, "seed": seed, "backbone": cfg["backbone"],
-            "encoder": cfg["encoder"], "pretrained": cfg.get("pretrained"), "settings": settings,
+            "encoder": cfg["encoder"], "cls_pretrained": cfg.get("cls_weights"),
+            "seg_pretrained": cfg.get("seg_weights"), "settings": settings,
             "tta": cfg.get("tta", "flips"),
             "train_patches": patches, "patch": ds.patch,
             "published": ds.published, "pseudo_mask_miou": layers,
@@ -272,16 +299,15 @@ def table(name: str, runs: list[dict[str, Any]]) -> str:
     first = runs[0]
     st = first["settings"]
     seeds = ", ".join(str(r["seed"]) for r in runs)
-    start = (f"{first['pretrained']} weights in both stages" if first.get("pretrained")
-             else "No pretrained weights")
+    pretrained = any(first.get(k) for k in ("pretrained", "cls_pretrained", "seg_pretrained"))
     rows = [f"#### {name}: {first['config']} configuration, "
-            f"{'pretrained' if first.get('pretrained') else 'from scratch'}", "",
+            f"{'pretrained' if pretrained else 'from scratch'}", "",
             f"{first['train_patches']} training patches ({first.get('patch', '')} px, stride "
             f"{st['stride']}); classifier "
             f"{first['backbone']}, {st['cls_epochs']} epochs; segmenter DeepLabV3+ / "
             f"{first['encoder']}, {st['seg_epochs']} epochs; cams --tta "
             f"{first.get('tta', 'flips')}; seed{'s' if len(runs) > 1 else ''} "
-            f"{seeds}. {start}; "
+            f"{seeds}. {start(first)}; "
             f"{first['published']}.", "",
             "| variant | mIoU | FwIoU | ACC | IoU per class |", "|---|---:|---:|---:|---|"]
     for variant, have in _by_variant(runs, "results"):
@@ -337,7 +363,7 @@ def main() -> None:
                         "variant is trained once per seed.")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"Comma-separated subset of {', '.join(VARIANTS)} (pda_paper runs "
-                        "only with pretrained weights).")
+                        "only with a pretrained classifier).")
     parser.add_argument("--patch-size", type=int, default=None,
                         help="Cut every dataset at this patch size (stride = one patch) "
                         "instead of its own (GlaS 112, WSSS4LUAD 224).")
