@@ -100,11 +100,16 @@ CONFIGS: dict[str, dict[str, object]] = {
 }
 
 
-def start(run: dict[str, Any]) -> str:
-    """Where a run's two stages started, in words (runs stored before the per-stage keys
-    name one ``pretrained`` for both)."""
-    cls = run.get("cls_pretrained", run.get("pretrained"))
-    seg = run.get("seg_pretrained", run.get("pretrained"))
+def _starts(run: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The classifier's and the segmenter's ``--pretrained`` of a stored run (None: from
+    scratch); runs stored before the per-stage keys name one ``pretrained`` for both."""
+    both = run.get("pretrained")
+    return run.get("cls_pretrained", both), run.get("seg_pretrained", both)
+
+
+def _start(run: dict[str, Any]) -> str:
+    """Where a run's two stages started, in words."""
+    cls, seg = _starts(run)
     if cls and cls == seg:
         return f"{cls} weights in both stages"
     if not (cls or seg):
@@ -299,15 +304,14 @@ def table(name: str, runs: list[dict[str, Any]]) -> str:
     first = runs[0]
     st = first["settings"]
     seeds = ", ".join(str(r["seed"]) for r in runs)
-    pretrained = any(first.get(k) for k in ("pretrained", "cls_pretrained", "seg_pretrained"))
     rows = [f"#### {name}: {first['config']} configuration, "
-            f"{'pretrained' if pretrained else 'from scratch'}", "",
+            f"{'pretrained' if any(_starts(first)) else 'from scratch'}", "",
             f"{first['train_patches']} training patches ({first.get('patch', '')} px, stride "
             f"{st['stride']}); classifier "
             f"{first['backbone']}, {st['cls_epochs']} epochs; segmenter DeepLabV3+ / "
             f"{first['encoder']}, {st['seg_epochs']} epochs; cams --tta "
             f"{first.get('tta', 'flips')}; seed{'s' if len(runs) > 1 else ''} "
-            f"{seeds}. {start(first)}; "
+            f"{seeds}. {_start(first)}; "
             f"{first['published']}.", "",
             "| variant | mIoU | FwIoU | ACC | IoU per class |", "|---|---:|---:|---:|---|"]
     for variant, have in _by_variant(runs, "results"):
