@@ -60,6 +60,18 @@ def test_demo_folder_with_and_without_dataset_gives_identical_artifacts(cli, tmp
     assert one.exit_code == 0 and "detected the luad layout" in one.stderr
 
 
+def test_logs_to_a_file_or_pipe_are_one_line_per_message(tmp_path):
+    """stderr redirected (not a terminal): a message longer than 80 columns stays on one
+    line, so a log can be grepped; rich would wrap it and pad it with spaces."""
+    deep = tmp_path / ("a_folder_name_long_enough_to_push_the_message_past_eighty_columns" * 2)
+    write_demo_dataset(deep / "D", DemoConfig(patch_size=32, train=4, val=1, test=1))
+    done = _histoseg("tile", deep / "D", "-o", tmp_path / "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stderr.splitlines() if "detected the luad layout" in line)
+    assert line.startswith("INFO") and str(deep / "D") in line
+    assert line.endswith("(--dataset luad)"), line
+
+
 def test_plain_images_without_masks_or_layout_are_refused_in_one_line(cli, tmp_path):
     folder = tmp_path / "plain"
     folder.mkdir()

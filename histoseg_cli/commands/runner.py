@@ -100,8 +100,13 @@ def _configure_logging(out: Output, name_of: Callable[[str], str | None]) -> Non
     level = logging.DEBUG if out.verbose else logging.WARNING if out.quiet else logging.INFO
     logger = logging.getLogger("histoseg")
     logger.handlers.clear()
-    handler = RichHandler(console=stderr, show_path=False, show_time=False,
-                          rich_tracebacks=False, markup=False)
+    handler: logging.Handler
+    if stderr.is_terminal:
+        handler = RichHandler(console=stderr, show_path=False, show_time=False,
+                              rich_tracebacks=False, markup=False)
+    else:  # a log file or a pipe: one line per message, never wrapped at 80 columns
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
     handler.addFilter(_FlagNames(name_of))
     logger.addHandler(handler)
     logger.setLevel(level)
