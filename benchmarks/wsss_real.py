@@ -95,6 +95,13 @@ CONFIGS: dict[str, dict[str, object]] = {
     "cpu-hybrid": {"backbone": "resnet10t", "encoder": "efficientnet_lite0", "deepest": "layer4",
                    "batch": 16, "cams_batch": 32, "precision": "bf16", "head_lr_mult": 10,
                    "seg_weights": "imagenet", "settings": "cpu"},
+    # ImageNet Lite0 in both stages, the classifier shown each GlaS patch at 2x
+    # (train-cls --input-scale 2: ImageNet scale for 112 px patches; WSSS4LUAD's 224 px
+    # patches stay at 1x), trained for 3 epochs.
+    "cpu-scaled": {"backbone": "efficientnet_lite0", "encoder": "efficientnet_lite0",
+                   "deepest": "bn2", "batch": 16, "cams_batch": 32, "tta": "none",
+                   "precision": "bf16", "head_lr_mult": 10, "cls_weights": "imagenet",
+                   "seg_weights": "imagenet", "settings": "cpu-scaled"},
     "paper": {"backbone": "resnet38d", "encoder": "resnet101", "deepest": "bn7", "batch": 20,
               "cams_batch": 32, "precision": "auto", "head_lr_mult": 10, "settings": "paper"},
 }
@@ -126,6 +133,8 @@ DATASETS = {
         {"cpu": {"stride": 112, "cls_epochs": 3, "pda_warmup": 1, "seg_epochs": 3},
          # 6 classifier epochs: +0.03 held-out pseudo-mask mIoU over 3 at the deeper layers
          "cpu-pretrained": {"stride": 112, "cls_epochs": 6, "pda_warmup": 1, "seg_epochs": 3},
+         "cpu-scaled": {"stride": 112, "cls_epochs": 3, "pda_warmup": 1, "seg_epochs": 3,
+                        "input_scale": 2},
          "paper": {"stride": 56, "cls_epochs": 20, "pda_warmup": 3, "seg_epochs": 30}}),
     "wsss4luad": Dataset(
         "wsss4luad", DATA / "wsss4luad" / "dev" / "img", DATA / "wsss4luad" / "dev" / "mask",
@@ -214,6 +223,8 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
     train = ["--epochs", settings["cls_epochs"], "--pda-warmup", settings["pda_warmup"],
              "--batch-size", cfg["batch"], "--backbone", cfg["backbone"], "--seed", seed,
              *cls_weights, *precision, *dev]
+    if settings.get("input_scale"):
+        train += ["--input-scale", settings["input_scale"]]
     # No --val: the held-out images are for scoring only, never for choosing a checkpoint.
     seg_args = ["--encoder", cfg["encoder"], "--epochs", settings["seg_epochs"],
                 "--batch-size", cfg["batch"], "--head-lr-mult", cfg["head_lr_mult"],

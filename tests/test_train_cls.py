@@ -162,6 +162,41 @@ def test_output_stride_is_chosen_recorded_and_checked(imported: dict[str, Path],
         assert not (tmp_path / "bad").exists()
 
 
+def test_input_scale_is_trained_recorded_and_seen_by_cams(imported: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    """--input-scale 2: the network resizes each patch itself, so the reloaded checkpoint
+    (cams, the gate) sees what training saw; a value out of range is a usage error."""
+    run = tmp_path / "x2"
+    result = invoke(str(imported["train"]), "-o", str(run), "--input-scale", "2", "--epochs",
+                    "1", *TINY)
+    assert result.exit_code == 0, result.output
+    loaded = load_classifier(run)
+    assert loaded.info.input_scale == 2.0 and loaded.model.input_scale == 2.0
+    assert load_classifier(imported["run"]).model.input_scale == 1.0
+    x = torch.rand(2, 3, 32, 32)
+    logits, layers = loaded.model.forward_layers(x)
+    assert [v.shape[-1] for v in layers.values()] == [8, 8, 8]  # 64 px inside, stride 8
+    plain = load_classifier(run).model
+    plain.input_scale = 1.0
+    upsampled = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear")
+    assert torch.allclose(logits, plain(upsampled), atol=1e-5)
+    pseudo = tmp_path / "pseudo.h5"
+    cams = CliRunner().invoke(app, ["cams", str(run), str(imported["val"]), "-o", str(pseudo),
+                                    "--gallery", "0", "--tta", "none", "--device", "cpu", "-q"])
+    assert cams.exit_code == 0, cams.output
+    with Artifact(pseudo) as art:
+        assert art.dataset("pseudo_masks").shape[-2:] == (32, 32)
+    bad = invoke(str(imported["train"]), "-o", str(tmp_path / "bad"), "--input-scale", "5",
+                 *TINY)
+    assert bad.exit_code == 2 and "--input-scale" in bad.stderr, bad.stderr
+    assert not (tmp_path / "bad").exists()
+    from histoseg_cli.core.errors import UsageError
+    from histoseg_cli.core.training import ClassifierConfig
+
+    with pytest.raises(UsageError, match=r"must be in \[0.25, 4\]"):  # library callers too
+        ClassifierConfig(data="d.h5", run_dir="r", input_scale=8)
+
+
 def test_runs_saved_before_the_stride_option_resume_at_8() -> None:
     from histoseg_cli.core.training import ClassifierConfig
 

@@ -52,6 +52,10 @@ def train_cls(
         "--output-stride", help="8, 16 or 32: input size / CAM size (the timm networks, dilated "
         "below 32; resnet38d is 8) \\[default: 16 for efficientnet_lite0/1/2, 8 otherwise].",
         show_default=False, rich_help_panel=MODEL)] = None,
+    input_scale: Annotated[float, typer.Option(
+        "--input-scale", min=0.25, max=4.0, help="Resize each patch by this factor inside the "
+        "network (cams and the gate do the same): 2 shows a 112 px patch to ImageNet weights "
+        "at 224 px, for about 4x the compute.", rich_help_panel=MODEL)] = 1.0,
     pretrained: Annotated[str | None, typer.Option(
         "--pretrained", help="Starting weights: a state dict / checkpoint / safetensors / MXNet "
         ".params file, or 'imagenet' (efficientnet_lite0/1/2: offline from the weights extra; "
@@ -120,7 +124,7 @@ def train_cls(
     config = ClassifierConfig(
         data=str(data), run_dir=str(output), val=str(val) if val else None, dataset=dataset,
         backbone=backbone, backbone_kwargs={"width": width} if width != 1.0 else {},
-        output_stride=output_stride,
+        output_stride=output_stride, input_scale=input_scale,
         pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
         head_lr_mult=head_lr_mult, weight_decay=weight_decay, momentum=momentum,
         poly_power=poly_power, dropout=dropout, pda="off" if no_pda else pda,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -125,12 +126,16 @@ class PatchClassifier(nn.Module):
     ``fc8`` is a bias-free 1x1 convolution so the same weights give class activation maps.
     ``pda`` is any module taking ``(features, fc8_weight)`` and returning reweighted features;
     it runs only in training mode, as does dropout: the gate and Grad-CAM see the plain network.
+    ``input_scale`` resizes every input by that factor first (bilinear), inside the network, so
+    training, Grad-CAM, the gate and exports all see the patch at the scale the backbone was
+    trained for (ImageNet features suit objects larger than a 20x gland in a 112 px patch).
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, pda: nn.Module | None = None,
-                 dropout: float = 0.5) -> None:
+                 dropout: float = 0.5, input_scale: float = 1.0) -> None:
         super().__init__()
         self.backbone = backbone
+        self.input_scale = float(input_scale)
         self.pda = pda
         self.dropout = nn.Dropout2d(dropout)
         self.fc8 = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)
@@ -142,6 +147,9 @@ class PatchClassifier(nn.Module):
 
     def forward_layers(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits (B, C) and the three Grad-CAM activations keyed by layer name."""
+        if self.input_scale != 1.0:
+            x = F.interpolate(x, scale_factor=self.input_scale, mode="bilinear",
+                              align_corners=False)
         layers = self.backbone(x)
         features = layers[self.backbone.cam_layers[-1]]
         if self.training and self.pda is not None:

@@ -23,6 +23,7 @@ class ClassifierInfo(ModelInfo):
     background: str | None = None  # dataset CAM background rule ("white"/"none") if known
     dropout: float = 0.5
     pda: dict[str, Any] = field(default_factory=dict)  # schedule, enabled, mu of the last epoch
+    input_scale: float = 1.0  # inputs resized by this factor inside the network
 
 
 #: Output stride of checkpoints that do not record theirs: every backbone was built at 8 then.
@@ -33,7 +34,8 @@ def build_classifier(info: ClassifierInfo) -> PatchClassifier:
     """An untrained classifier with the architecture ``info`` describes (no PDA module)."""
     backbone = build_backbone(info.backbone,
                               **{"output_stride": UNRECORDED_STRIDE, **info.backbone_kwargs})
-    return PatchClassifier(backbone, info.num_classes, dropout=info.dropout)
+    return PatchClassifier(backbone, info.num_classes, dropout=info.dropout,
+                           input_scale=info.input_scale)
 
 
 register_task("classifier", ClassifierInfo, build_classifier, "train-cls")

@@ -65,7 +65,8 @@ class ClassifierTask(TrainTask):
         except (ValueError, TypeError) as err:
             raise UsageError(str(err), "backbone") from None
         pda = ProgressiveDropoutAttention(form=cfg.pda) if cfg.pda != "off" else None
-        return PatchClassifier(backbone, len(sources.class_names), pda=pda, dropout=cfg.dropout)
+        return PatchClassifier(backbone, len(sources.class_names), pda=pda, dropout=cfg.dropout,
+                               input_scale=cfg.input_scale)
 
     def load_pretrained(self, model: nn.Module) -> None:
         assert self.config.pretrained is not None
@@ -133,7 +134,8 @@ class ClassifierTask(TrainTask):
             backbone_kwargs={**cfg.backbone_kwargs, "output_stride": backbone.output_stride},
             cam_layers=list(backbone.cam_layers), background=self._background,
             dropout=cfg.dropout, pda={**asdict(cfg.mu), "enabled": cfg.pda != "off",
-                                            "form": cfg.pda, "mu": row["mu"]})
+                                            "form": cfg.pda, "mu": row["mu"]},
+            input_scale=cfg.input_scale)
 
     def describe(self, row: dict[str, Any]) -> str:
         text = f"  mu {row['mu']:.3f}"

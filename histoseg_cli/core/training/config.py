@@ -110,6 +110,7 @@ class ClassifierConfig(TrainConfig):
     mu: MuSchedule = field(default_factory=MuSchedule)
     flips: bool = True
     color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter, 0 = off
+    input_scale: float = 1.0  # the network resizes its inputs by this factor first
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -134,6 +135,7 @@ class ClassifierConfig(TrainConfig):
                 (self.pda in (*PDA_FORMS, "off"), "pda",
                  f"choose one of {', '.join((*PDA_FORMS, 'off'))}"),
                 (0 <= self.color_jitter < 1, "color_jitter", "must be in [0, 1)"),
+                (0.25 <= self.input_scale <= 4, "input_scale", "must be in [0.25, 4]"),
                 (self.backbone in BACKBONES, "backbone",
                  f"unknown backbone '{self.backbone}'; choose one of "
                  f"{', '.join(sorted(BACKBONES))}"),
