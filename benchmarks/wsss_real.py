@@ -315,11 +315,12 @@ def table(name: str, runs: list[dict[str, Any]]) -> str:
     first = runs[0]
     st = first["settings"]
     seeds = ", ".join(str(r["seed"]) for r in runs)
+    scale = f" at {st['input_scale']}x (--input-scale)" if st.get("input_scale") else ""
     rows = [f"#### {name}: {first['config']} configuration, "
             f"{'pretrained' if any(_starts(first)) else 'from scratch'}", "",
             f"{first['train_patches']} training patches ({first.get('patch', '')} px, stride "
             f"{st['stride']}); classifier "
-            f"{first['backbone']}, {st['cls_epochs']} epochs; segmenter DeepLabV3+ / "
+            f"{first['backbone']}{scale}, {st['cls_epochs']} epochs; segmenter DeepLabV3+ / "
             f"{first['encoder']}, {st['seg_epochs']} epochs; cams --tta "
             f"{first.get('tta', 'flips')}; seed{'s' if len(runs) > 1 else ''} "
             f"{seeds}. {_start(first)}; "
