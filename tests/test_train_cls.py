@@ -300,9 +300,12 @@ def test_torchrun_two_processes_on_cpu(imported: dict[str, Path], tmp_path: Path
     assert load_classifier(run, prefer="last").info.epoch == 2
 
 
-def test_channels_last_default_follows_device_and_precision() -> None:
-    """channels_last unless asked: on CUDA, and on CPU only under bf16 (oneDNN's bf16 path
-    is faster in it; fp32 CPU convolutions of small models are slower)."""
+def test_channels_last_default_follows_device_precision_and_network() -> None:
+    """channels_last unless asked: on CUDA, and on CPU under bf16 (oneDNN's bf16 path is
+    faster in it) or for a backbone/encoder with depthwise convolutions (EfficientNet-Lite,
+    faster in it even in fp32); large dense fp32 ResNets are slower in it on a CPU."""
+    from histoseg_cli.core.models.base import build_backbone, has_depthwise_convolutions
+    from histoseg_cli.core.models.segmenter import Segmenter
     from histoseg_cli.core.training.config import TrainConfig as Base
 
     def TrainConfig(**kw: object) -> Base:
@@ -313,3 +316,37 @@ def test_channels_last_default_follows_device_and_precision() -> None:
     assert TrainConfig(precision="bf16").use_channels_last("cpu")
     assert not TrainConfig(precision="bf16", channels_last=False).use_channels_last("cpu")
     assert TrainConfig(channels_last=True).use_channels_last("cpu")
+    assert TrainConfig().use_channels_last("cpu", depthwise=True)
+    assert not TrainConfig(channels_last=False).use_channels_last("cpu", depthwise=True)
+    assert has_depthwise_convolutions(build_backbone("efficientnet_lite0", output_stride=16))
+    assert not has_depthwise_convolutions(build_backbone("resnet10t", output_stride=8))
+    # the segmenter's encoder decides, not its decoder (DeepLabV3+ has separable convolutions)
+    assert has_depthwise_convolutions(Segmenter("efficientnet_lite0", 2).encoder)
+    assert not has_depthwise_convolutions(Segmenter("resnet18", 2).encoder)
+
+
+LITE = ["--backbone", "efficientnet_lite0", *TINY[4:]]  # TINY without resnet38d and --width
+
+
+@pytest.mark.parametrize("args, expected", [
+    (TINY, False), (["--channels-last", *TINY], True), (LITE, True),
+    (["--no-channels-last", *LITE], False)], ids=["resnet38d", "forced", "lite0", "lite0-off"])
+def test_training_memory_layout_on_cpu(imported: dict[str, Path], tmp_path: Path,
+                                       args: list[str], expected: bool) -> None:
+    """What the network actually sees in a CPU run: contiguous for ResNet-38 in fp32,
+    channels_last for EfficientNet-Lite0, and whatever --[no-]channels-last says."""
+    seen: list[bool] = []
+
+    def record(module: torch.nn.Module, inputs: tuple) -> None:
+        x = inputs[0]
+        if isinstance(module, torch.nn.Conv2d) and min(x.shape[1:]) > 1:  # unambiguous layout
+            seen.append(x.is_contiguous(memory_format=torch.channels_last))
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        result = invoke(str(imported["train"]), "-o", str(tmp_path / "run"), "--epochs", "1",
+                        *args)
+    finally:
+        hook.remove()
+    assert result.exit_code == 0, result.output
+    assert seen and set(seen) == {expected}

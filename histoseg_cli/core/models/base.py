@@ -61,6 +61,13 @@ def build_backbone(name: str, **kwargs: Any) -> Backbone:
     return entry.factory(**kwargs)
 
 
+def has_depthwise_convolutions(model: nn.Module) -> bool:
+    """Whether ``model`` holds depthwise convolutions (EfficientNet, MobileNet): on a CPU
+    they train faster in channels_last even in fp32, unlike large dense ResNets."""
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+               for m in model.modules())
+
+
 class Backbone(nn.Module):
     """Feature extractor exposing three layers for Grad-CAM; the last is the final features.
 

@@ -75,6 +75,9 @@ class ClassifierTask(TrainTask):
     def freeze(self, model: nn.Module) -> None:
         model.backbone.freeze_pretrained()
 
+    def feature_extractor(self, model: nn.Module) -> nn.Module:
+        return model.backbone
+
     def input_norm(self, model: nn.Module) -> InputNorm:
         return InputNorm.from_spec(model.backbone.normalisation)
 

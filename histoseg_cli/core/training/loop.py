@@ -31,6 +31,7 @@ from histoseg_cli.core.data.inputs import DataSources
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import HistosegError, InputError, UsageError
 from histoseg_cli.core.inference.engine import InferenceEngine, autocast_dtype
+from histoseg_cli.core.models.base import has_depthwise_convolutions
 from histoseg_cli.core.models.checkpoint import read_checkpoint, save_checkpoint
 from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.training.config import TrainConfig
@@ -238,7 +239,8 @@ class _Loop:
             model.load_state_dict(payload["model"])
         if cfg.pretrained:
             task.freeze(model)
-        channels_last = cfg.use_channels_last(self.device.type)
+        depthwise = has_depthwise_convolutions(task.feature_extractor(model))
+        channels_last = cfg.use_channels_last(self.device.type, depthwise)
         model.to(self.device,
                  memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 

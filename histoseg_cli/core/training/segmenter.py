@@ -143,6 +143,9 @@ class SegmenterTask(TrainTask):
         assert self.config.pretrained is not None
         load_encoder_weights(model, self.config.pretrained)
 
+    def feature_extractor(self, model: nn.Module) -> nn.Module:
+        return model.encoder
+
     def input_norm(self, model: nn.Module) -> InputNorm:
         return InputNorm.from_spec("imagenet")
 

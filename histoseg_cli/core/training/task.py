@@ -80,6 +80,11 @@ class TrainTask(ABC):
         """Freeze what fine-tuning from pretrained weights keeps fixed (every run)."""
 
     @abstractmethod
+    def feature_extractor(self, model: nn.Module) -> nn.Module:
+        """The backbone or encoder: what pretrained weights load into, and what decides the
+        memory layout on a CPU."""
+
+    @abstractmethod
     def input_norm(self, model: nn.Module) -> InputNorm:
         """How uint8 patches become this network's inputs (recorded in the checkpoint)."""
 
