@@ -7,6 +7,8 @@ memory is measured cleanly:
 * default: the train-cls step (histoseg_cli.core.training.step.TrainStep): uint8 batch from
   pinned memory, flips + normalisation on the device, bf16 autocast and channels_last on CUDA,
   loss accumulated on the device (no per-step host sync); optionally --compile.
+* channels_last / contiguous: the default step in that memory layout (``--modes
+  channels_last,contiguous`` compares them; the default picks one as train-cls does).
 * reference: what the reference code does per step: float32 NCHW inputs normalised on the
   host, copied unpinned, fp32 eager forward/backward (TF32 off, like the PyTorch the reference
   was written for, unless --reference-tf32), and ``loss.item()`` every step.
@@ -46,6 +48,7 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
     import torch.nn.functional as F
 
     from histoseg_cli.core.models import PatchClassifier, ProgressiveDropoutAttention, build_backbone
+    from histoseg_cli.core.models.base import has_depthwise_convolutions
     from histoseg_cli.core.models.preprocess import InputNorm
     from histoseg_cli.core.training.augment import PairedAugment
     from histoseg_cli.core.training.task import backbone_and_head_groups
@@ -64,7 +67,8 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
     return time_train_step(
         args, model, groups, InputNorm.from_spec(model.backbone.normalisation), PairedAugment(),
         lambda z, ys: F.multilabel_soft_margin_loss(z.float(), ys[0]), [labels],
-        lambda z, ys: F.multilabel_soft_margin_loss(z, ys[0]), args.reference_tf32)
+        lambda z, ys: F.multilabel_soft_margin_loss(z, ys[0]), args.reference_tf32,
+        has_depthwise_convolutions(model.backbone))
 
 
 def main(argv: list[str] | None = None) -> None:

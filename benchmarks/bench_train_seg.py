@@ -6,6 +6,8 @@ three pseudo masks per patch, each mode in its own process:
 * default: the train-seg step (histoseg_cli.core.training.step.TrainStep with the segmenter
   task's loss and augmentation): uint8 batch and masks (pinned on CUDA), flips and blur on the
   device, bf16 autocast and channels_last on CUDA, loss kept on the device; optionally --compile.
+* channels_last / contiguous: the default step in that memory layout (``--modes
+  channels_last,contiguous`` compares them; the default picks one as train-cls does).
 * reference: float32 NCHW inputs normalised on the host, copied unpinned, fp32 eager, three
   cross-entropies with ignore_index, ``loss.item()`` every step.
 
@@ -36,6 +38,7 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
     import torch
     import torch.nn.functional as F
 
+    from histoseg_cli.core.models.base import has_depthwise_convolutions
     from histoseg_cli.core.models.preprocess import InputNorm
     from histoseg_cli.core.models.segmenter import Segmenter
     from histoseg_cli.core.training.augment import PairedAugment
@@ -59,7 +62,7 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
     return time_train_step(
         args, model, groups, InputNorm.from_spec("imagenet"), PairedAugment(blur=0.5),
         lambda out, ys: pseudo_supervision_loss(out["masks"], ys[0], DEFAULT_LAMBDAS, c),
-        [pseudo, labels], reference_loss)
+        [pseudo, labels], reference_loss, depthwise=has_depthwise_convolutions(model.encoder))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -80,14 +80,20 @@ def run_modes(script: str, raw_args: list[str], modes: str) -> list[dict[str, ob
     return results
 
 
+#: (mode, other mode, the summary's name for mode / other)
+RATIOS = (("default", "reference", "speedup"),
+          ("channels_last", "contiguous", "channels_last_speedup"))
+
+
 def report(title: str, results: list[dict[str, object]], as_json: bool,
            config: dict[str, object]) -> None:
-    """Print each mode's figures and default/reference, or all of it as JSON."""
+    """Print each mode's figures and default / each other mode, or all of it as JSON."""
     summary: dict[str, object] = {"config": config, "results": results}
     by_mode = {str(r["mode"]).split(" ")[0]: r for r in results}
-    if "default" in by_mode and "reference" in by_mode:
-        summary["speedup"] = round(float(by_mode["default"]["images_per_s"])
-                                   / float(by_mode["reference"]["images_per_s"]), 2)
+    for mode, other, key in RATIOS:
+        if mode in by_mode and other in by_mode:
+            summary[key] = round(float(by_mode[mode]["images_per_s"])
+                                 / float(by_mode[other]["images_per_s"]), 2)
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -97,8 +103,9 @@ def report(title: str, results: list[dict[str, object]], as_json: bool,
         print(f"  {r['mode']:<20} {r['images_per_s']:>9.2f} img/s  {r['ms_per_step']:>9.1f} "
               f"ms/step  peak {r['peak_memory_mb']:>8.0f} MiB ({r['peak_memory_kind']})  "
               f"{r['precision']}, channels_last={r['channels_last']}")
-    if "speedup" in summary:
-        print(f"  speed-up default / reference: {summary['speedup']}x")
+    for mode, other, key in RATIOS:
+        if key in summary:
+            print(f"  speed-up {mode} / {other}: {summary[key]}x")
 
 
 class TreePeak:
@@ -149,10 +156,12 @@ def run_tree(cmd: list[str]) -> tuple[float, float, str, float]:
 def time_train_step(args: Any, model: Any, groups: list[dict[str, Any]], norm: Any,
                     augment: Any, loss: Callable[..., Any], targets: list[Any],
                     reference_loss: Callable[[Any, list[Any]], Any],
-                    reference_tf32: bool = False) -> dict[str, object]:
+                    reference_tf32: bool = False, depthwise: bool = False) -> dict[str, object]:
     """Time one mode (``args.child``) of a training step in this process: ``default`` is the
     step the training loop builds (TrainStep: uint8 batch pinned on CUDA, augmentation on the
-    device, fused SGD and cuDNN autotuning on CUDA, loss read once); ``reference`` a
+    device, fused SGD and cuDNN autotuning on CUDA, loss read once, the loop's memory layout
+    for ``depthwise``: whether the backbone/encoder has depthwise convolutions);
+    ``channels_last`` / ``contiguous`` the same step in that layout; ``reference`` a
     reference-style loop on the same network (float inputs normalised on the host, unpinned
     copies, fp32, ``loss.item()`` every step). ``targets`` are the batch's targets as the loop
     gets them; ``reference_loss(output, targets_on_device)``."""
@@ -161,14 +170,16 @@ def time_train_step(args: Any, model: Any, groups: list[dict[str, Any]], norm: A
 
     from histoseg_cli.core.device import resolve_device
     from histoseg_cli.core.inference.engine import autocast_dtype
+    from histoseg_cli.core.training.config import channels_last_default
     from histoseg_cli.core.training.loop import determinism, make_optimizer
     from histoseg_cli.core.training.step import TrainStep
 
     flags = contextlib.ExitStack()  # held until the child process exits
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    default = args.child == "default"
-    channels_last = default and cuda
+    default = args.child in ("default", "channels_last", "contiguous")  # the loop's step
+    channels_last = (channels_last_default(device.type, args.precision, depthwise)
+                     if args.child == "default" else args.child == "channels_last")
     model.to(device, memory_format=torch.channels_last if channels_last
              else torch.preserve_format).train()
     if default:  # exactly what the training loop builds
@@ -234,7 +245,9 @@ def step_arguments(description: str) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--modes", default="default,reference")
+    p.add_argument("--modes", default="default,reference",
+                   help="comma-separated: default, channels_last / contiguous (the default "
+                   "step in that memory layout), reference")
     p.add_argument("--compile", action="store_true", help="torch.compile the default path")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="precision of the default path (auto: bf16 on CUDA, fp32 on CPU)")
