@@ -41,8 +41,8 @@ LoaderWorkers = Annotated[int, typer.Option("--workers", "-j", min=0, help="Data
                                             rich_help_panel=HARDWARE)]
 ChannelsLast = Annotated[bool | None, typer.Option(
     "--channels-last/--no-channels-last", help="channels_last memory format \\[default: on "
-    "CUDA; on CPU with --precision bf16 or an EfficientNet-Lite network].", show_default=False,
-    rich_help_panel=HARDWARE)]
+    "CUDA; on CPU with --precision bf16 or a backbone/encoder with depthwise convolutions "
+    "(EfficientNet, MobileNet)].", show_default=False, rich_help_panel=HARDWARE)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in RUN_DIR (schedules, "
                                       "data order, best score).", rich_help_panel=OUTPUT)]
 OverwriteRun = Annotated[bool, typer.Option("--overwrite", help="Replace a run in RUN_DIR "
