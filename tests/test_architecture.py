@@ -244,3 +244,7 @@ def test_every_setting_in_core_messages_is_a_flag():
                                "%s: skipped ({overwrite} redoes it)", ("a.svs",), None)
     _FlagNames(flags.get).filter(record)  # what the runner puts on every command's log
     assert record.getMessage() == "a.svs: skipped (--overwrite redoes it)"
+    record = logging.LogRecord("histoseg", logging.ERROR, "", 0, "%s",
+                               ("a.svs: pass {source_mpp}",), None)  # a folder's failed input
+    _FlagNames(flags.get).filter(record)
+    assert record.getMessage() == "a.svs: pass --source-mpp"

@@ -114,7 +114,10 @@ def test_missing_mpp_asks_for_source_mpp(slides: dict[str, Path], tmp_path: Path
     code, output = tile(slides["nompp"], "-o", tmp_path, "-q")
     assert code == 1
     assert "--source-mpp" in output and "records no resolution" in output
+    assert "{source_mpp}" not in output  # the log line too names the flag
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.csv"]  # nothing half-written
+    row = next(csv.DictReader(open(tmp_path / "manifest.csv")))
+    assert "pass source_mpp with" in row["error"]
     code, output = tile(slides["nompp"], "-o", tmp_path, "--source-mpp", 0.5, "-q")
     assert code == 0, output
     with Artifact(tmp_path / "c.h5") as art:

@@ -91,8 +91,9 @@ class _FlagNames(logging.Filter):
         self.name_of = name_of
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "{" in str(record.msg):
-            record.msg, record.args = render_settings(record.getMessage(), self.name_of), None
+        message = record.getMessage()  # the braces may come in an argument (a failure line)
+        if "{" in message:
+            record.msg, record.args = render_settings(message, self.name_of), None
         return True
 
 

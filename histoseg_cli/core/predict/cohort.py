@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from histoseg_cli.core.atomic import write_csv_atomic
+from histoseg_cli.core.errors import render_settings
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_PNG = "summary.png"
@@ -54,7 +55,8 @@ def _pick(areas: dict[str, float], names: tuple[str, ...]) -> str | None:
 def summary_row(slide: Path, status: str, areas: dict[str, float] | None,
                 class_names: Sequence[str], error: str = "") -> dict[str, object]:
     """One slide's row: tissue mm^2, per class mm^2 and fraction of tissue, ratios."""
-    row: dict[str, object] = {"slide": str(slide), "status": status, "error": error}
+    row: dict[str, object] = {"slide": str(slide), "status": status,
+                              "error": render_settings(error)}  # as in the manifest
     if areas is None:
         return row
     tissue = sum(areas.values())
