@@ -175,18 +175,20 @@ def test_bad_inputs_are_one_line_errors(models: dict[str, Path], tmp_path: Path)
     assert code == 2 and "is the input folder" in err
     code, _, err = run(models["plain"], data, "-o", tmp_path / "y.h5", "--device", "cpu")
     assert code == 0 and "no gate" in err
-    # a slide that records no resolution: the log line, the manifest and the cohort summary
-    # all say which setting to pass, none in the core's {field} form
+    # a slide that records no resolution beside a corrupt one (two reasons: each failure is
+    # logged): the log line, the manifest and the cohort summary say which setting to pass,
+    # none in the core's {field} form
     build_pyramid_tiff(tmp_path / "slides" / "n.tiff", 600, 400, None,
                        images=real_tissue_images(limit=1))
+    (tmp_path / "slides" / "broken.svs").write_bytes(b"II*\x00" + b"\x00" * 64)
     code, _, err = run(models["seg"], tmp_path / "slides", "-o", tmp_path / "pred",
                        "--device", "cpu")
-    assert code == 1 and "records no resolution" in err and "pass --source-mpp" in err
-    assert "{source_mpp}" not in err
+    assert code == 1 and "2 of 2 inputs failed" in err  # the closing line names broken.svs
+    assert "pass --source-mpp with" in err and "{source_mpp}" not in err  # n.tiff's log line
     for table, column in (("manifest.csv", "input"), ("summary.csv", "slide")):
-        row = next(csv.DictReader(open(tmp_path / "pred" / table)))
-        assert Path(row[column]).name == "n.tiff" and row["status"] == "failed"
-        assert "pass source_mpp with" in row["error"], table
+        rows = {Path(r[column]).name: r for r in csv.DictReader(open(tmp_path / "pred" / table))}
+        assert rows["n.tiff"]["status"] == "failed" == rows["broken.svs"]["status"]
+        assert "pass source_mpp with" in rows["n.tiff"]["error"], table
 
 
 @pytest.mark.slow
