@@ -246,6 +246,36 @@ def test_shards_of_a_slide_folder_merge_into_one_manifest_and_summary(
 
 
 @pytest.mark.slow
+def test_source_mpp_added_for_a_cohort_keeps_the_other_slides(models: dict[str, Path],
+                                                               tmp_path: Path):
+    """The rerun that adds --source-mpp for the slide that records no resolution predicts it
+    and keeps the other slide's outputs; another value refuses only the output it made."""
+    images = real_tissue_images(limit=2)
+    build_pyramid_tiff(tmp_path / "in" / "s.tiff", 800, 600, 0.5, images=images)
+    build_pyramid_tiff(tmp_path / "in" / "n.tiff", 800, 600, None, images=images)
+    out = tmp_path / "out"
+    base = [models["seg"], tmp_path / "in", "-o", out, "--mpp", 2.0, "--device", "cpu", "-q"]
+    code, _, err = run(*base)
+    assert code == 1 and "n.tiff" in err and "--source-mpp" in err
+    made = (out / "s.h5").stat().st_mtime_ns
+    code, _, err = run(*base, "--source-mpp", 0.5)
+    assert code == 0, err
+    rows = {Path(r["input"]).name: r for r in csv.DictReader(open(out / "manifest.csv"))}
+    assert {k: r["status"] for k, r in rows.items()} == {"n.tiff": "done", "s.tiff": "skipped"}
+    assert rows["n.tiff"]["made_by"] == rows["s.tiff"]["made_by"]  # one run's settings
+    assert (out / "s.h5").stat().st_mtime_ns == made
+    with Artifact(out / "n.h5") as n, Artifact(out / "s.h5") as s:
+        assert n.meta.extra["provenance"]["settings"]["source_mpp"] == 0.5
+        assert s.meta.extra["provenance"]["settings"]["source_mpp"] is None
+        assert n.file["slide/labels"].shape == s.file["slide/labels"].shape == (150, 200)
+    summary = {Path(r["slide"]).name: r["status"] for r in csv.DictReader(open(out / "summary.csv"))}
+    assert summary == {"n.tiff": "done", "s.tiff": "skipped"}
+    code, _, err = run(*base, "--source-mpp", 0.25)
+    assert code == 1 and "n.h5: made by another model or other settings" in err
+    assert "source_mpp 0.5 -> 0.25" in err and "s.h5" not in err
+
+
+@pytest.mark.slow
 def test_labels_tiff_opens_in_openslide_and_equals_the_map(models: dict[str, Path],
                                                            tmp_path: Path):
     import openslide

@@ -124,6 +124,41 @@ def test_missing_mpp_asks_for_source_mpp(slides: dict[str, Path], tmp_path: Path
         assert art.meta.extra["source_mpp_from"] == "given" and len(art) > 0
 
 
+def test_source_mpp_is_for_the_slides_that_need_it(slides: dict[str, Path], tmp_path: Path):
+    """A cohort where one slide records no resolution: the rerun that adds --source-mpp
+    tiles that slide and keeps the other's output (it records its own mpp, which wins); a
+    rerun with another value refuses only the output it made; --force-source-mpp applies it
+    to every slide."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "b.tiff").symlink_to(slides["other"])  # records 0.5 mpp
+    (folder / "c.tiff").symlink_to(slides["nompp"])
+    out = tmp_path / "out"
+    base = (folder, "-o", out, "--patch-size", 112, "-q")
+    code, output = tile(*base)
+    assert code == 1 and "c.tiff" in output and "--source-mpp" in output
+    code, output = tile(*base, "--source-mpp", 0.25)
+    assert code == 0, output
+    rows = {Path(r["slide"]).name: r["status"] for r in csv.DictReader(open(out / "manifest.csv"))}
+    assert rows == {"b.tiff": "skipped", "c.tiff": "done"}
+    with Artifact(out / "b.h5") as b, Artifact(out / "c.h5") as c:
+        assert b.meta.extra["source_mpp"] == 0.5 and b.meta.extra["source_mpp_from"] == \
+            "recorded mpp"
+        assert c.meta.extra["source_mpp"] == 0.25 and c.meta.extra["source_mpp_from"] == "given"
+        assert b.meta.extra["provenance"]["settings"]["source_mpp"] is None
+        assert c.meta.extra["provenance"]["settings"]["source_mpp"] == 0.25
+        assert len(c) < len(b)  # same pixel size; c's are 0.25 um wide, so half the tissue
+    code, output = tile(*base, "--source-mpp", 0.3)
+    assert code == 1 and "c.h5: made by another model or other settings" in output
+    assert "source_mpp 0.25 -> 0.3" in output and "b.h5" not in output
+    code, output = tile(*base, "--force-source-mpp")
+    assert code == 2 and "--force-source-mpp needs --source-mpp" in output
+    code, output = tile(*base, "--source-mpp", 0.25, "--force-source-mpp", "--overwrite")
+    assert code == 0, output
+    with Artifact(out / "b.h5") as b:
+        assert b.meta.extra["source_mpp"] == 0.25 and b.meta.extra["source_mpp_from"] == "given"
+
+
 @pytest.mark.slow
 def test_folder_with_corrupt_slide_resume_and_overwrite(slides: dict[str, Path],
                                                         tmp_path: Path):
@@ -254,7 +289,11 @@ def test_resolution_picks_the_level_at_or_finer_than_the_target():
     assert (twenty.level, twenty.scale) == (0, 2.0)
     coarse = choose_resolution(info, Target(mpp=8.0))
     assert (coarse.level, coarse.scale) == (2, 2.0)
-    assert choose_resolution(info, Target(mpp=1.0), source_mpp=0.5).level == 0
+    # source_mpp is for slides that record no resolution; forced, it replaces the recorded one
+    assert choose_resolution(info, Target(mpp=1.0), source_mpp=0.5).level == 1
+    assert choose_resolution(info, Target(mpp=1.0), source_mpp=0.5, force=True).level == 0
+    bare = SlideInfo(Path("s.tif"), "generic-tiff", ((4000, 3000),), (1.0,), None, None)
+    assert choose_resolution(bare, Target(mpp=1.0), source_mpp=0.5).source_origin == "given"
 
 
 @pytest.mark.skipif(not (SLIDES / "cmu-1-small-region.svs").exists(),

@@ -74,8 +74,11 @@ Magnification = Annotated[float | None, typer.Option(
     "--magnification", min=0.1, help="Magnification (instead of --mpp; 10x = 1.0 um/px).",
     rich_help_panel=SLIDES, show_default=False)]
 SourceMpp = Annotated[float | None, typer.Option(
-    "--source-mpp", min=0.01, help="Level-0 um/px of slides that record none (overrides the "
-    "recorded value).", rich_help_panel=SLIDES, show_default=False)]
+    "--source-mpp", min=0.01, help="Level-0 um/px of the slides that record no resolution "
+    "(the others keep theirs).", rich_help_panel=SLIDES, show_default=False)]
+ForceSourceMpp = Annotated[bool, typer.Option(
+    "--force-source-mpp", help="Use --source-mpp for every slide, also those that record a "
+    "resolution (a wrong one, e.g. a TIFF saved at 72 dpi).", rich_help_panel=SLIDES)]
 MinTissue = Annotated[float | None, typer.Option(
     "--min-tissue", min=0.0, max=1.0, help="Use tiles with at least this tissue fraction "
     f"\\[default: {MIN_TISSUE}].", rich_help_panel=SLIDES, show_default=False)]

@@ -12,7 +12,7 @@ from histoseg_cli.commands.runner import Output, command
 from histoseg_cli.commands.options import (DEFAULT_GATE_THRESHOLD, RUN, Classifier, Compile,
                                           Device, GateThreshold, Magnification, MinTissue, Mpp,
                                           NoGate, Overwrite, Precision, ReaderWorkers,
-                                          SourceMpp, ThumbnailSize)
+                                          ForceSourceMpp, SourceMpp, ThumbnailSize)
 from histoseg_cli.core.errors import HistosegError
 
 SLIDES = "Slides"
@@ -39,6 +39,7 @@ def predict(
     mpp: Mpp = None,
     magnification: Magnification = None,
     source_mpp: SourceMpp = None,
+    force_source_mpp: ForceSourceMpp = False,
     min_tissue: MinTissue = None,
     thumbnail_size: ThumbnailSize = None,
     geojson: Annotated[bool, typer.Option(
@@ -109,7 +110,8 @@ def predict(
     outcome = run_predict(PredictRequest(
         segmenter=segmenter, input=input, output=output, classifier=classifier, config=config,
         target=target, slides=SlideConfig.with_defaults(
-            source_mpp=source_mpp, min_tissue=min_tissue, thumbnail_size=thumbnail_size),
+            source_mpp=source_mpp, force_source_mpp=force_source_mpp, min_tissue=min_tissue,
+            thumbnail_size=thumbnail_size),
         stride=stride, workers=workers or default_readers(), geojson=geojson,
         labels_tiff=labels_tiff, heatmaps=heatmaps, overwrite=overwrite,
         shard=Shard.parse(shard) if shard is not None else None, device=device), out.reporter)

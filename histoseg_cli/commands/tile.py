@@ -9,8 +9,8 @@ import typer
 
 from histoseg_cli.app import app
 from histoseg_cli.commands.runner import Output, command
-from histoseg_cli.commands.options import (Magnification, MinTissue, Mpp, Overwrite, SourceMpp,
-                                          ThumbnailSize)
+from histoseg_cli.commands.options import (ForceSourceMpp, Magnification, MinTissue, Mpp,
+                                          Overwrite, SourceMpp, ThumbnailSize)
 from histoseg_cli.core.defaults import MAX_READERS
 from histoseg_cli.core.data.layouts import DATASETS
 from histoseg_cli.core.errors import HistosegError
@@ -34,6 +34,7 @@ def tile(
     mpp: Mpp = None,
     magnification: Magnification = None,
     source_mpp: SourceMpp = None,
+    force_source_mpp: ForceSourceMpp = False,
     min_tissue: MinTissue = None,
     thumbnail_size: ThumbnailSize = None,
     compression: Annotated[str | None, typer.Option(
@@ -79,7 +80,7 @@ def tile(
 
       histoseg tile slide.svs -o slide.h5 --mpp 0.5 --patch-size 256 --min-tissue 0.5
 
-      histoseg tile tcga/ -o tiles/ --source-mpp 0.25   (slides that record no mpp)
+      histoseg tile tcga/ -o tiles/ --source-mpp 0.25   (for the slides that record no mpp)
 
       histoseg tile LUAD-HistoSeg/train --dataset luad -o train.h5
 
@@ -91,8 +92,8 @@ def tile(
 
     outcome = run_tile(TileRequest(
         input=input, output=output, mpp=mpp, magnification=magnification,
-        source_mpp=source_mpp, min_tissue=min_tissue, thumbnail_size=thumbnail_size,
-        compression=compression, overwrite=overwrite, dataset=dataset, masks=masks,
+        source_mpp=source_mpp, force_source_mpp=force_source_mpp, min_tissue=min_tissue,
+        thumbnail_size=thumbnail_size, compression=compression, overwrite=overwrite, dataset=dataset, masks=masks,
         classes=classes, min_fraction=min_fraction, keep_empty=keep_empty,
         patch_size=patch_size, stride=stride, workers=workers), out.reporter)
     out.result(outcome.payload, paths=outcome.paths)

@@ -23,7 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from histoseg_cli.core.atomic import write_csv_atomic
 from histoseg_cli.core.errors import HistosegError, InputError, describe_os_error, render_settings
 from histoseg_cli.core.parallel import ordered_futures
-from histoseg_cli.core.provenance import Provenance, check_kept
+from histoseg_cli.core.provenance import Wanted, check_kept
 
 log = logging.getLogger("histoseg")
 
@@ -169,12 +169,13 @@ class FolderRun(Generic[Item]):
         self.failures = FailureLog(len(items), noun)
 
     def skip_complete(self, complete: Iterable[tuple[Item, Path, dict[str, Any] | None]],
-                      provenance: Provenance | None) -> list[Item]:
+                      provenance: Wanted | None) -> list[Item]:
         """Mark the items whose output (path, recorded provenance) is complete as skipped,
         after refusing, before any work, outputs that another model or other settings made;
         the items left to run."""
         complete = list(complete)
-        check_kept([(path, recorded) for _, path, recorded in complete], provenance)
+        if provenance is not None:
+            check_kept([(path, recorded) for _, path, recorded in complete], provenance)
         for item, path, _ in complete:
             item.status = "skipped"
             self.failures.success()

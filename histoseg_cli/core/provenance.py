@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,10 @@ class Provenance:
     def as_dict(self) -> dict[str, Any]:
         return {"command": self.command, "models": dict(self.models),
                 "settings": dict(self.settings)}
+
+    def with_settings(self, settings: dict[str, Any]) -> Provenance:
+        """This provenance with ``settings`` set (one output's share of a run's settings)."""
+        return replace(self, settings={**self.settings, **settings})
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), sort_keys=True, default=str)
@@ -107,10 +112,18 @@ class StaleOutputs(HistosegError):
                          "{output}")
 
 
-def check_kept(outputs: list[tuple[Path, dict[str, Any] | None]], wanted: Provenance) -> None:
+#: What a run would record for an output, given what the output records (a slide's level-0
+#: resolution setting applies to some slides only); or the one provenance of all its outputs.
+Wanted = Provenance | Callable[[dict[str, Any] | None], Provenance]
+
+
+def check_kept(outputs: list[tuple[Path, dict[str, Any] | None]], wanted: Wanted) -> None:
     """Refuse (one line, before any work) when a complete output that a run would keep or
     replace was made otherwise. ``outputs``: (path, the provenance it records)."""
+    def made(recorded: dict[str, Any] | None) -> Provenance:
+        return wanted if isinstance(wanted, Provenance) else wanted(recorded)
+
     stale = [(path, why) for path, recorded in outputs
-             if (why := wanted.differences(recorded))]
+             if (why := made(recorded).differences(recorded))]
     if stale:
         raise StaleOutputs(stale)

@@ -46,6 +46,7 @@ class TileRequest:
     mpp: float | None = None
     magnification: float | None = None
     source_mpp: float | None = None
+    force_source_mpp: bool = False
     min_tissue: float | None = None
     thumbnail_size: int | None = None
     compression: str | None = None
@@ -82,7 +83,8 @@ def run_tile(req: TileRequest, reporter: Reporter = SILENT) -> RunOutcome:
         raise InputError(req.input, expected[req.mode])
     slide_options = {"{mpp}": req.mpp, "{magnification}": req.magnification,
                      "{source_mpp}": req.source_mpp, "{min_tissue}": req.min_tissue,
-                     "{thumbnail_size}": req.thumbnail_size, "{compression}": req.compression}
+                     "{thumbnail_size}": req.thumbnail_size, "{compression}": req.compression,
+                     "{force_source_mpp}": req.force_source_mpp}
     patch_options = {"{classes}": req.classes, "{min_fraction}": req.min_fraction,
                      "{keep_empty}": req.keep_empty}
     check_writable(req.output, folder=req.output.suffix.lower() not in ARTIFACT_SUFFIXES)
@@ -146,7 +148,8 @@ def _slides(req: TileRequest, reporter: Reporter) -> RunOutcome:
     config = SlideConfig.with_defaults(
         target=None if req.mpp is None and req.magnification is None
         else Target(mpp=req.mpp, magnification=req.magnification),
-        source_mpp=req.source_mpp, patch_size=req.patch_size, stride=req.stride,
+        source_mpp=req.source_mpp, force_source_mpp=req.force_source_mpp,
+        patch_size=req.patch_size, stride=req.stride,
         min_tissue=req.min_tissue, thumbnail_size=req.thumbnail_size,
         compression=COMPRESSIONS[req.compression or "gzip"])
     summary = tile_slides(req.input, req.output.parent if single_file else req.output, config,

@@ -157,9 +157,11 @@ class Predictor:
         for s, e, out in self.engine.map(read, stop, self.config.batch_size, start=start):
             yield s, e, WindowOutput(out["probs"], out.get("gate"))
 
-    def describe(self) -> dict[str, Any]:
-        """What produced a prediction (stored with it)."""
-        made = {} if self.provenance is None else {KEY: self.provenance.as_dict()}
+    def describe(self, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What produced a prediction (stored with it); ``settings``: this output's share of
+        the run's settings (a slide's level-0 resolution)."""
+        made = {} if self.provenance is None else {
+            KEY: self.provenance.with_settings(settings or {}).as_dict()}
         return {**self.card.describe(), "device": str(self.engine.device), **made}
 
     def provenance_for(self, segmenter: Path, classifier: Path | None,

@@ -236,7 +236,8 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor,
     complete = [] if req.overwrite else [
         (job, job.targets.output, job.targets.recorded()) for job in mine
         if job.targets.complete()]
-    todo = run.skip_complete(complete, predictor.provenance)
+    made = predictor.provenance
+    todo = run.skip_complete(complete, config.wanted(made) if config and made else made)
     for job, _, _ in complete:
         job.result = {"output": str(job.targets.output)}
     summarised = 0.0  # when the cohort summary was last rewritten mid-run

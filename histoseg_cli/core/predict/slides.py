@@ -197,7 +197,8 @@ def predict_slide(slide: PreparedSlide, targets: SlideTargets, predictor: Predic
             class_names=predictor.class_names, patch_size=p, palette=predictor.palette,
             mpp=res.mpp, magnification=res.magnification, source=str(path),
             created_by="predict", kind=PREDICTIONS.name,
-            extra={**predictor.describe(), "slide": str(path), "level": res.level,
+            extra={**predictor.describe(plan.level0_settings), "slide": str(path),
+                   "level": res.level,
                    "downsample": res.downsample, "stride": grid.stride,
                    "tissue_fraction": plan.tissue.fraction,
                    "grid_tiles": len(grid.origins())})

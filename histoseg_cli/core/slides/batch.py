@@ -169,7 +169,7 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
         if (found := completed(outcome.output)) is not None:
             outcome.patches = found[0]
             complete.append((outcome, outcome.output, found[1]))
-    todo = run.skip_complete(complete, config.provenance())
+    todo = run.skip_complete(complete, config.wanted(config.provenance()))
     with StripReader(workers) as strips, reporter.bar("tiling", unit="tiles") as bar:
         strips.start()
         overall = bar.add_task(f"all slides ({len(complete)}/{len(slides)})", total=None)

@@ -41,7 +41,8 @@ class SlideConfig:
     """How slides are tiled."""
 
     target: Target = field(default_factory=lambda: Target(magnification=MAGNIFICATION))
-    source_mpp: float | None = None  # level-0 um/px when the slide records none (or is wrong)
+    source_mpp: float | None = None  # level-0 um/px of slides that record no resolution
+    force_source_mpp: bool = False  # source_mpp for every slide (a recorded one is wrong)
     patch_size: int = 224
     stride: int | None = None  # None: the patch size (no overlap)
     min_tissue: float = MIN_TISSUE  # keep tiles with at least this tissue fraction
@@ -60,23 +61,44 @@ class SlideConfig:
         return cls(compression=compression,  # type: ignore[arg-type]
                    **{k: v for k, v in options.items() if v is not None})
 
-    def settings(self) -> dict[str, object]:
+    def settings(self, given: bool = False) -> dict[str, object]:
         """The settings that change which tiles a slide gives and what they hold (not how
-        they are stored): what outputs made from slides record of how they were made."""
-        return {"resolution": self.target.describe(), "source_mpp": self.source_mpp,
+        they are stored): what outputs made from slides record of how they were made.
+        ``given``: the slide's level-0 resolution came from ``source_mpp`` (it records none,
+        or forced), so that value is one of them; for the others it changes nothing, and a
+        rerun that adds it for the slides that need it keeps their outputs."""
+        return {"resolution": self.target.describe(), **self.level0_settings(given),
                 "patch_size": self.patch_size, "stride": self.stride or self.patch_size,
                 "min_tissue": self.min_tissue, "thumbnail_size": self.thumbnail_size,
                 "tissue": asdict(self.tissue)}
 
-    def provenance(self) -> Provenance:
+    def level0_settings(self, given: bool) -> dict[str, object]:
+        """The level-0 resolution settings one slide's output records (``settings``)."""
+        forced = {"force_source_mpp": True} if self.force_source_mpp else {}
+        return {"source_mpp": self.source_mpp if given else None, **forced}
+
+    def wanted(self, made: Provenance) -> Callable[[dict[str, Any] | None], Provenance]:
+        """What a rerun that makes ``made`` wants of each complete output, given the
+        provenance it records: ``made`` with the level-0 settings of that output's slide.
+        ``source_mpp`` applies to it when forced or when it applied then (whether a slide
+        records its resolution does not change between runs)."""
+        def of(recorded: dict[str, Any] | None) -> Provenance:
+            settings = (recorded or {}).get("settings") or {}
+            given = self.force_source_mpp or settings.get("source_mpp") is not None
+            return made.with_settings(self.level0_settings(given))
+        return of
+
+    def provenance(self, given: bool = False) -> Provenance:
         """What a tiled slide's artifact records of how it was made."""
-        return Provenance("tile", {}, self.settings())
+        return Provenance("tile", {}, self.settings(given))
 
     def __post_init__(self) -> None:
         if self.patch_size < 8:
             raise UsageError("{patch_size} must be at least 8")
         if self.stride is not None and self.stride < 1:
             raise UsageError("{stride} must be positive")
+        if self.force_source_mpp and self.source_mpp is None:
+            raise UsageError("{force_source_mpp} needs {source_mpp} (the level-0 um/px to use)")
         if not 0.0 <= self.min_tissue <= 1.0:
             raise UsageError("{min_tissue} must be between 0 and 1")
         if self.thumbnail_size < 64:
@@ -141,6 +163,7 @@ class TilePlan:
     tissue: TissueMask
     thumbnail_scale: tuple[float, float]  # level-0 pixels per thumbnail pixel (x, y)
     tiles: np.ndarray  # (N, 2) kept origins in target pixels, grid order
+    level0_settings: dict[str, object]  # what its outputs record of the level-0 resolution
 
     @property
     def coords(self) -> np.ndarray:
@@ -154,7 +177,8 @@ class TilePlan:
 
 def plan_tiles(reader: SlideReader, config: SlideConfig) -> TilePlan:
     """Resolution, grid, tissue mask and kept tiles of an open slide."""
-    res = choose_resolution(reader.info, config.target, config.source_mpp)
+    res = choose_resolution(reader.info, config.target, config.source_mpp,
+                            config.force_source_mpp)
     w0, h0 = reader.info.dimensions
     grid = Grid(config.patch_size, config.step, int(w0 / res.downsample),
                 int(h0 / res.downsample))
@@ -169,7 +193,8 @@ def plan_tiles(reader: SlideReader, config: SlideConfig) -> TilePlan:
     fractions = tile_fractions(mask.tissue, scale, origins[:, 0] * res.downsample,
                                origins[:, 1] * res.downsample, size0)
     keep = fractions >= config.min_tissue
-    return TilePlan(res, grid, thumbnail, mask, scale, origins[keep])
+    return TilePlan(res, grid, thumbnail, mask, scale, origins[keep],
+                    config.level0_settings(res.source_origin == "given"))
 
 
 @dataclass
@@ -243,7 +268,7 @@ class SlideTiling:
                    "downsample": res.downsample, "stride": grid.stride,
                    "min_tissue": config.min_tissue, "tissue_fraction": mask.fraction,
                    "tissue_threshold": mask.threshold, "grid_tiles": self.grid_tiles,
-                   "provenance": config.provenance().as_dict()},
+                   "provenance": config.provenance(res.source_origin == "given").as_dict()},
         )
         self.strips = plan_strips(plan.tiles, grid, path=path, level=res.level,
                                   level_downsample=res.level_downsample, scale=res.scale,

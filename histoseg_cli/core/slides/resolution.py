@@ -1,8 +1,10 @@
 """Which pyramid level to read, and how much to shrink it, for a target mpp or magnification.
 
 Magnification and mpp are tied by the usual convention 10x = 1.0 um/px (20x = 0.5, 40x = 0.25).
-The slide's own resolution comes from ``source_mpp`` when given, else its recorded mpp, else
-its objective power; a slide with none of these cannot be tiled at a physical resolution.
+The slide's own resolution comes from its recorded mpp, else its objective power, else
+``source_mpp`` (given for the slides of a cohort that record none; ``force`` applies it to every
+slide, for a file that records a wrong one); a slide with none of these cannot be tiled at a
+physical resolution.
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ class Resolution:
         return self.source_magnification / self.downsample
 
 
-def _source(info: SlideInfo, source_mpp: float | None) -> tuple[float, float, str]:
-    if source_mpp is not None:
-        if source_mpp <= 0:
-            raise UsageError("{source_mpp} must be positive")
+def _source(info: SlideInfo, source_mpp: float | None, force: bool = False
+            ) -> tuple[float, float, str]:
+    if source_mpp is not None and source_mpp <= 0:
+        raise UsageError("{source_mpp} must be positive")
+    if source_mpp is not None and (force or (info.mpp is None and info.objective_power is None)):
         return source_mpp, MPP_AT_10X * 10 / source_mpp, "given"
     if info.mpp is not None:
         power = info.objective_power or MPP_AT_10X * 10 / info.mpp
@@ -73,10 +76,10 @@ def _source(info: SlideInfo, source_mpp: float | None) -> tuple[float, float, st
                      "pass {source_mpp} with its level-0 um/px (e.g. 0.25 for 40x, 0.5 for 20x)")
 
 
-def choose_resolution(info: SlideInfo, target: Target,
-                      source_mpp: float | None = None) -> Resolution:
+def choose_resolution(info: SlideInfo, target: Target, source_mpp: float | None = None,
+                      force: bool = False) -> Resolution:
     """The coarsest level at or finer than ``target`` and the remaining downsample."""
-    mpp0, mag0, origin = _source(info, source_mpp)
+    mpp0, mag0, origin = _source(info, source_mpp, force)
     if target.mpp is not None:
         downsample = target.mpp / mpp0
     else:
