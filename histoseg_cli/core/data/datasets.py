@@ -102,5 +102,7 @@ def detect_dataset(root: Path) -> DatasetSpec:
     if spec is None:
         found = "no layout fits" if _training_images(root) else "no labelled training images"
         raise UsageError(f"{root}: cannot tell the dataset layout ({found}; looked for "
-                         f"{looked_for()}); name it with {{dataset}}")
+                         f"{looked_for()}); name it with {{dataset}}, or, for images with "
+                         "pixel masks, cut them into an artifact first (tile IMAGES {masks} "
+                         "MASKS {classes} NAMES) and pass that")
     return spec
