@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -219,3 +221,30 @@ def test_cohort_summary_rows_fractions_and_ratios(tmp_path):
     lines = table.read_text().splitlines()
     assert lines[0].startswith("slide,status,tissue_mm2,TE_mm2") and len(lines) == 3
     assert figure.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("units", [False, True], ids=["emulated", "native"])
+def test_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch: pytest.MonkeyPatch,
+                                                     units: bool):
+    """bf16 without AVX-512 BF16 / AMX is emulated (0.14x fp32 measured on an AVX2 EPYC):
+    asked for, it still runs, with one warning per process however many engines ask."""
+    from histoseg_cli.core.inference import engine
+
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, check, lambda: units, raising=False)
+    engine._warn_emulated_bf16.cache_clear()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("histoseg")
+    monkeypatch.setattr(logger, "level", logging.WARNING)
+    logger.addHandler(handler)
+    cpu = torch.device("cpu")
+    try:
+        dtypes = [engine.autocast_dtype("bf16", cpu) for _ in range(3)]
+        assert engine.autocast_dtype("auto", cpu) is None
+    finally:
+        logger.removeHandler(handler)
+        engine._warn_emulated_bf16.cache_clear()
+    assert dtypes == [torch.bfloat16] * 3
+    assert len([r for r in records if "no bf16 units" in r.getMessage()]) == (0 if units else 1)
