@@ -94,8 +94,9 @@ def tile(
         input=input, output=output, mpp=mpp, magnification=magnification,
         source_mpp=source_mpp, force_source_mpp=force_source_mpp, min_tissue=min_tissue,
         thumbnail_size=thumbnail_size, compression=compression, overwrite=overwrite,
-        dataset=dataset, masks=masks, classes=classes, min_fraction=min_fraction, keep_empty=keep_empty,
-        patch_size=patch_size, stride=stride, workers=workers), out.reporter)
+        dataset=dataset, masks=masks, classes=classes, min_fraction=min_fraction,
+        keep_empty=keep_empty, patch_size=patch_size, stride=stride, workers=workers),
+        out.reporter)
     out.result(outcome.payload, paths=outcome.paths)
     if outcome.error:
         raise HistosegError(outcome.error)
