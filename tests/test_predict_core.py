@@ -226,7 +226,7 @@ def test_cohort_summary_rows_fractions_and_ratios(tmp_path):
 @pytest.mark.parametrize("units", [False, True], ids=["emulated", "native"])
 def test_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch: pytest.MonkeyPatch,
                                                      units: bool):
-    """bf16 without AVX-512 BF16 / AMX is emulated (0.14x fp32 measured on an AVX2 EPYC):
+    """bf16 without AVX-512 BF16 / AMX is emulated (0.16x fp32 measured on an AVX2 EPYC):
     asked for, it still runs, with one warning per process however many engines ask."""
     from histoseg_cli.core.inference import engine
 
