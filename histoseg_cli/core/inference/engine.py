@@ -28,7 +28,6 @@ from histoseg_cli.core.parallel import ordered_map
 log = logging.getLogger("histoseg")
 
 
-
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX). Without them oneDNN
     emulates it: on a 2-core AVX2-only EPYC a bf16 forward pass ran at 0.16x fp32."""

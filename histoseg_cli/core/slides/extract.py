@@ -61,13 +61,13 @@ class SlideConfig:
         return cls(compression=compression,  # type: ignore[arg-type]
                    **{k: v for k, v in options.items() if v is not None})
 
-    def settings(self, given: bool = False) -> dict[str, object]:
+    def settings(self) -> dict[str, object]:
         """The settings that change which tiles a slide gives and what they hold (not how
-        they are stored): what outputs made from slides record of how they were made.
-        ``given``: the slide's level-0 resolution came from ``source_mpp`` (it records none,
-        or forced), so that value is one of them; for the others it changes nothing, and a
-        rerun that adds it for the slides that need it keeps their outputs."""
-        return {"resolution": self.target.describe(), **self.level0_settings(given),
+        they are stored): what outputs made from slides record of how they were made. Each
+        slide's output replaces the level-0 part with its own (``TilePlan.level0_settings``):
+        ``source_mpp`` counts only for the slides it was used for, so a rerun that adds it
+        for the slides that need it keeps the others' outputs."""
+        return {"resolution": self.target.describe(), **self.level0_settings(False),
                 "patch_size": self.patch_size, "stride": self.stride or self.patch_size,
                 "min_tissue": self.min_tissue, "thumbnail_size": self.thumbnail_size,
                 "tissue": asdict(self.tissue)}
@@ -88,9 +88,10 @@ class SlideConfig:
             return made.with_settings(self.level0_settings(given))
         return of
 
-    def provenance(self, given: bool = False) -> Provenance:
-        """What a tiled slide's artifact records of how it was made."""
-        return Provenance("tile", {}, self.settings(given))
+    def provenance(self) -> Provenance:
+        """What a tile run records of how its artifacts were made (each with its slide's
+        level-0 settings)."""
+        return Provenance("tile", {}, self.settings())
 
     def __post_init__(self) -> None:
         if self.patch_size < 8:
@@ -268,7 +269,8 @@ class SlideTiling:
                    "downsample": res.downsample, "stride": grid.stride,
                    "min_tissue": config.min_tissue, "tissue_fraction": mask.fraction,
                    "tissue_threshold": mask.threshold, "grid_tiles": self.grid_tiles,
-                   "provenance": config.provenance(res.source_origin == "given").as_dict()},
+                   "provenance": config.provenance().with_settings(
+                       plan.level0_settings).as_dict()},
         )
         self.strips = plan_strips(plan.tiles, grid, path=path, level=res.level,
                                   level_downsample=res.level_downsample, scale=res.scale,
