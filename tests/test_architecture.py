@@ -180,6 +180,22 @@ def test_the_command_line_starts_without_heavy_modules():
     assert loaded == ""
 
 
+
+def test_timm_is_imported_only_to_build_a_timm_network():
+    """Importing timm costs seconds (it pulls in torchvision): ``predict`` with an ONNX or
+    TensorRT model, and ``cams`` with a ResNet-38 classifier, build no timm network and must
+    not pay for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, histoseg_cli.core.predict.run, histoseg_cli.core.cams.run; "
+            "from histoseg_cli.core.models import build_backbone; "
+            "build_backbone('resnet38d', width=0.0625); "
+            "print(','.join(m for m in ('timm', 'torchvision') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == ""
+
 def _package_sources() -> dict[Path, str]:
     return {p: p.read_text() for p in PACKAGE.rglob("*.py")}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import timm
 import torch
 
 from histoseg_cli.core.models.base import Backbone, register_backbone
@@ -34,6 +33,8 @@ class TimmBackbone(Backbone):
 
     def _build(self, model_name: str, output_stride: int) -> torch.nn.Module:
         """The timm network; sets ``cam_layers`` and ``layer_channels``."""
+        import timm  # here, not at the top: importing timm costs seconds (torchvision)
+
         encoder = timm.create_model(model_name, pretrained=False, features_only=True,
                                     out_indices=(-3, -2, -1), output_stride=output_stride)
         info = encoder.feature_info
@@ -63,6 +64,8 @@ class TimmHeadBackbone(TimmBackbone):
     head_layer = "bn2"
 
     def _build(self, model_name: str, output_stride: int) -> torch.nn.Module:
+        import timm
+
         encoder = timm.create_model(model_name, pretrained=False, num_classes=0,
                                     global_pool="", output_stride=output_stride)
         stages = encoder.feature_info[-3:-1]
