@@ -88,12 +88,26 @@ def test_missing_and_extra_maps_are_counted(folders: tuple[Path, Path]):
     code, _, err = run(pred, gt)
     assert code == 1
     assert f"{pred}: no prediction for 5 of the 7 ground-truth maps" in err
-    assert "(first: extra0, extra1, extra2)" in err and "Traceback" not in err
+    assert "(first: extra0, extra1, extra2); --only-predicted scores only" in err
+    assert "Traceback" not in err
+    # a subset's predictions against the whole folder: the same scores as without the extras
+    code, stdout, err = run(pred, gt, "--only-predicted", "--json")
+    assert code == 0, err
+    subset = json.loads(stdout)
+    assert subset["images"] == 2 and subset["unpredicted"] == 5 and subset["pixels"] == 8
+    assert np.isclose(subset["miou"], (1 / 2 + 2 / 5 + 0) / 3)
+    assert "scoring the 2 of 7 ground-truth maps that have a prediction" in err
     for i in range(5):
         (gt / f"extra{i}.png").unlink()
     (gt / "two.png").unlink()
     code, _, err = run(pred, gt)
     assert code == 1 and "no ground truth for 1 of the 2 predictions" in err
+    code, _, err = run(pred, gt, "--only-predicted")  # a prediction is never left out
+    assert code == 1 and "no ground truth for 1 of the 2 predictions" in err
+    (gt / "one.png").unlink()
+    _grey(gt / "other.png", np.zeros((2, 3)))
+    code, _, err = run(pred, gt, "--only-predicted")
+    assert code == 1 and "no prediction for 1 of the 1 ground-truth maps" in err
 
 
 def test_size_mismatch_names_both_files(folders: tuple[Path, Path]):

@@ -26,6 +26,10 @@ def evaluate(
     classes: Annotated[str | None, typer.Option(
         "--classes", help="Comma-separated class names in label order, when neither side "
         "records them \\[default: the recorded names].", show_default=False)] = None,
+    only_predicted: Annotated[bool, typer.Option(
+        "--only-predicted", help="Score only the ground-truth maps that have a prediction "
+        "(a subset's predictions against a whole mask folder; the JSON counts the others as "
+        "unpredicted). Default: a missing prediction is an error.")] = False,
     *,
     out: Output,
 ) -> None:
@@ -40,6 +44,8 @@ def evaluate(
       histoseg eval pred.h5 test.h5 --json
 
       histoseg eval labels/ masks/ -o metrics.json   (+ metrics.confusion.png, metrics.per-image.csv)
+
+      histoseg eval labels/ masks/ --only-predicted --json   (labels/ holds a subset)
     """
     from histoseg_cli.core.atomic import check_writable
     from histoseg_cli.core.metrics.evaluate import (EvalRequest, run_eval, scores_table,
@@ -48,7 +54,7 @@ def evaluate(
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     if output is not None:
         check_writable(output)
-    result = run_eval(EvalRequest(pred, truth, names), out.reporter)
+    result = run_eval(EvalRequest(pred, truth, names, only_predicted), out.reporter)
     if out.reporter.enabled:
         stderr.print(scores_table(result.scores, f"eval ({len(result.per_image)} images)"))
     paths = write_reports(result, output) if output is not None else {}

@@ -8,6 +8,7 @@ reported beside them for finding the images that pull the average down.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from histoseg_cli.core.metrics.confusion import ConfusionMatrix, SegScores
 from histoseg_cli.core.metrics.labelsets import match, open_label_set, resolve_classes
 from histoseg_cli.core.progress import SILENT, Reporter
 
+log = logging.getLogger("histoseg")
+
 
 @dataclass
 class Evaluation:
@@ -29,9 +32,14 @@ class Evaluation:
     scores: SegScores
     matrix: ConfusionMatrix
     per_image: list[dict[str, Any]] = field(default_factory=list)
+    #: Ground-truth maps left out for want of a prediction (``only_predicted``), else None.
+    unpredicted: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.scores.as_dict(), "images": len(self.per_image)}
+        out = {**self.scores.as_dict(), "images": len(self.per_image)}
+        if self.unpredicted is not None:
+            out["unpredicted"] = self.unpredicted
+        return out
 
 
 def _check_pair(pred: np.ndarray, truth: np.ndarray, where_pred: str, where_truth: str,
@@ -57,13 +65,20 @@ class EvalRequest:
     pred: Path
     truth: Path
     classes: list[str] | None = None
+    #: Score only the ground-truth maps that have a prediction (a subset's predictions
+    #: against a whole mask folder); otherwise a missing prediction is an error.
+    only_predicted: bool = False
 
 
 def run_eval(req: EvalRequest, reporter: Reporter = SILENT) -> Evaluation:
     """Score the predicted label maps against the ground truth."""
     truth = open_label_set(req.truth, prefer=("masks",))
     pred = open_label_set(req.pred)
-    names = match(pred, truth)
+    names = match(pred, truth, req.only_predicted)
+    unpredicted = len(truth.names) - len(names) if req.only_predicted else None
+    if unpredicted:
+        log.info("scoring the %d of %d ground-truth maps that have a prediction", len(names),
+                 len(truth.names))
     class_names = resolve_classes(pred, truth, req.classes)
     c = len(class_names)
     pooled = ConfusionMatrix(class_names)
@@ -77,7 +92,7 @@ def run_eval(req: EvalRequest, reporter: Reporter = SILENT) -> Evaluation:
         s = one.scores()
         rows.append({"name": name, "pixels": s.pixels, "accuracy": s.accuracy, "miou": s.miou,
                      **{f"iou_{n}": v for n, v in zip(class_names, s.iou)}})
-    return Evaluation(pooled.scores(), pooled, rows)
+    return Evaluation(pooled.scores(), pooled, rows, unpredicted)
 
 
 def scores_table(scores: SegScores, title: str = "eval") -> Table:

@@ -77,19 +77,22 @@ def open_label_set(path: Path, prefer: tuple[str, ...] = ARTIFACT_LABELS) -> Lab
     return _artifact_set(path, prefer)
 
 
-def match(pred: LabelSet, truth: LabelSet, shown: int = 3) -> list[str]:
+def match(pred: LabelSet, truth: LabelSet, only_predicted: bool = False,
+          shown: int = 3) -> list[str]:
     """The names both sets hold, in ground-truth order; a clear error when either side has
-    maps the other lacks."""
+    maps the other lacks (ground truth without a prediction is left out with
+    ``only_predicted``, for scoring a subset against a whole mask folder)."""
     p, t = set(pred.names), set(truth.names)
-    if t - p:
+    if t - p and not (only_predicted and p & t):
         first = ", ".join(sorted(t - p)[:shown])
+        hint = "" if only_predicted else "; {only_predicted} scores only the predicted ones"
         raise InputError(pred.path, f"no prediction for {len(t - p)} of the {len(t)} "
-                         f"ground-truth maps in {truth.path} (first: {first})")
+                         f"ground-truth maps in {truth.path} (first: {first}){hint}")
     if p - t:
         first = ", ".join(sorted(p - t)[:shown])
         raise InputError(truth.path, f"no ground truth for {len(p - t)} of the {len(p)} "
                          f"predictions in {pred.path} (first: {first})")
-    return list(truth.names)
+    return [name for name in truth.names if name in p]
 
 
 def resolve_classes(pred: LabelSet, truth: LabelSet, given: list[str] | None) -> list[str]:
