@@ -24,21 +24,29 @@ def temporary_path(target: Path, tag: str = "tmp") -> Path:
 
 
 @contextmanager
+def naming_output(target: str | Path) -> Iterator[None]:
+    """Raise an OS error of the block that names no file (a writer library's full disk: HDF5,
+    TIFF encoders) naming ``target`` instead, so the one-line message says which output
+    failed."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(target)) from err
+        raise
+
+
+@contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write; rename it to ``target`` only if the block succeeds.
-    An OS error that names no file (a writer library's full disk) is raised naming
-    ``target``, so the one-line message says which output failed."""
+    """Yield a temporary path to write; rename it to ``target`` only if the block succeeds
+    (OS errors name ``target``: :func:`naming_output`)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(target)
     try:
-        yield tmp
-        os.replace(tmp, target)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        if err.filename is None and err.errno is not None:
-            raise OSError(err.errno, err.strerror, str(target)) from err
-        raise
+        with naming_output(target):
+            yield tmp
+            os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from harness import (KILL_AT, alive, kill_after, metrics_rows, run,
                      same_arrays, timed)
+from histoseg_cli.app import app
 
 pytestmark = pytest.mark.slow
 
@@ -198,19 +200,24 @@ def test_export_killed(pipeline: dict[str, Path], tmp_path: Path):
 
 
 def test_export_finds_the_training_data_from_any_directory(pipeline: dict[str, Path],
-                                                           tmp_path: Path):
+                                                           tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
     """A segmenter trained from a dataset folder given as a relative path: export, run from
-    elsewhere, verifies on the artifact that run read (recorded absolute, with its hash)."""
+    elsewhere, verifies on the artifact that run read (recorded absolute, with its hash).
+    Both commands run in this process (no start-up to pay), each from its own directory."""
     pytest.importorskip("onnxruntime")
-    root = pipeline["root"]
-    trained = run("train-seg", "D", "pm.h5", "-o", tmp_path / "seg", "--encoder", "resnet18",
-                  "--epochs", 1, "-b", 10, "-j", 0, "-q", cwd=root)
-    assert trained.returncode == 0, trained.stderr
+    cli = CliRunner()
+    monkeypatch.chdir(pipeline["root"])
+    trained = cli.invoke(app, ["train-seg", "D", "pm.h5", "-o", str(tmp_path / "seg"),
+                               "--encoder", "resnet18", "--epochs", "1", "-b", "10", "-j", "0",
+                               "-q"])
+    assert trained.exit_code == 0, trained.output
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    done = run("export", tmp_path / "seg", "--classifier", pipeline["cls"], "-o", "m.onnx",
-               "--samples", 4, "-q", cwd=elsewhere)
-    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(elsewhere)
+    done = cli.invoke(app, ["export", str(tmp_path / "seg"), "--classifier",
+                            str(pipeline["cls"]), "-o", "m.onnx", "--samples", "4", "-q"])
+    assert done.exit_code == 0, done.output
     assert (elsewhere / "m.onnx").is_file()
     recorded = torch.load(tmp_path / "seg" / "checkpoint.pt", weights_only=True)["info"]["data"]
     assert Path(recorded["train"]["path"]).is_absolute()

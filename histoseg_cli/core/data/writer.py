@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ import h5py
 import numpy as np
 from isal import isal_zlib
 
+from histoseg_cli.core.atomic import naming_output
 from histoseg_cli.core.data.format import ArtifactMeta, write_meta
 from histoseg_cli.core.data.kinds import CORE_DATASETS, get_kind
 from histoseg_cli.core.errors import InputError
@@ -53,6 +57,36 @@ def encode_patches(patches: np.ndarray, compression: str | None) -> list[bytes]:
 
 def _partial_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.partial")
+
+
+def _hdf5_errno(err: RuntimeError) -> int | None:
+    """The operating-system error behind an HDF5 failure that h5py raised as RuntimeError
+    (HDF5 records it as "errno = 28" in the message), if any."""
+    found = re.search(r"errno = (\d+)", str(err))
+    return int(found.group(1)) if found and int(found.group(1)) else None
+
+
+def _discard_pending_writes(file: h5py.File) -> None:
+    """Point an open file's descriptor at an in-memory file before it is closed and removed.
+
+    HDF5 writes its cached chunks and metadata on close. On a full disk those writes fail,
+    and a close that fails part way leaves dataset handles that crash the process (a
+    use-after-free in HDF5) when Python frees them later. Written to memory instead, the
+    close succeeds and the partial file is released when it is unlinked."""
+    try:
+        fd = file.id.get_vfd_handle()
+    except Exception:  # noqa: BLE001 - a driver without a file descriptor: close as it is
+        return
+    if not isinstance(fd, int):
+        return
+    if hasattr(os, "memfd_create"):
+        sink = os.memfd_create("histoseg-discard")
+    else:
+        sink = os.dup(tempfile.TemporaryFile().fileno())
+    try:
+        os.dup2(sink, fd)
+    finally:
+        os.close(sink)
 
 
 class ArtifactWriter:
@@ -104,6 +138,8 @@ class ArtifactWriter:
             raise ValueError(f"a {meta.kind} artifact needs the '{kind.primary}' dataset")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = _partial_path(self.path)
+        self._handles: dict[str, h5py.Dataset] = {}
+        self._failed = False  # an HDF5 write failed: the partial file is not to be kept
         self.rows_done = 0
         if resumable and self._tmp.exists() and self._can_resume():
             self._file = h5py.File(self._tmp, "a")
@@ -197,28 +233,59 @@ class ArtifactWriter:
         if missing or unknown:
             raise ValueError(f"append needs {sorted(self._specs)}; missing {sorted(missing)}, "
                              f"unknown {sorted(unknown)}")
+        with self._writing():
+            self._write(batch, names, chunks)
+
+    def _write(self, batch: dict[str, np.ndarray], names: list[str],
+               chunks: Sequence[bytes] | None) -> None:
         b = len(names)
         start = self.rows_done
         for name, data in batch.items():
             spec = self._specs[name]
             if data.shape != (b, *spec.shape):
                 raise ValueError(f"{name}: expected shape {(b, *spec.shape)}, got {data.shape}")
-            ds = self._file[name]
+            ds = self._dataset(name)
             ds.resize(start + b, axis=0)
             ds[start:] = data.astype(spec.dtype, copy=False)
         if chunks is not None:
-            ds = self._file["patches"]
+            ds = self._dataset("patches")
             ds.resize(start + b, axis=0)
             tail = (0,) * (ds.ndim - 1)
             for i, chunk in enumerate(chunks):
                 ds.id.write_direct_chunk((start + i, *tail), chunk, 0)
-        ds = self._file["names"]
+        ds = self._dataset("names")
         ds.resize(start + b, axis=0)
         ds[start:] = np.array(names, dtype=object)
         self.rows_done = start + b
         self._file.attrs["rows_committed"] = self.rows_done
         if self.resumable:
             self._file.flush()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """HDF5 writes: a failure marks the partial file as not to be continued, and one
+        from the file system (h5py raises OSError or RuntimeError, naming no file) becomes an
+        OS error naming this artifact, so the one-line message says which output and why."""
+        try:
+            with naming_output(self.path):
+                try:
+                    yield
+                except RuntimeError as err:
+                    code = _hdf5_errno(err)
+                    if code is None:
+                        raise
+                    raise OSError(code, os.strerror(code)) from err
+        except (OSError, RuntimeError):
+            self._failed = True
+            raise
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """One handle per dataset for the writer's life: a handle opened per batch is closed
+        when Python frees it, and HDF5 writes its cached chunks then, where a full disk's
+        error cannot reach the caller."""
+        if name not in self._handles:
+            self._handles[name] = self._file[name]
+        return self._handles[name]
 
     def committed(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` of a dataset already written (e.g. kept from a resumed run)."""
@@ -244,19 +311,32 @@ class ArtifactWriter:
     def close(self) -> Path:
         """Mark the file complete and move it to its final name."""
         f = self._file
-        f.attrs["complete"] = True
-        f.attrs["num_patches"] = self.rows_done
-        del f.attrs["rows_committed"]
-        del f.attrs["layout"]
+        try:
+            with self._writing():
+                f.attrs["complete"] = True
+                f.attrs["num_patches"] = self.rows_done
+                del f.attrs["rows_committed"]
+                del f.attrs["layout"]
+                f.flush()  # a full disk fails here, with the file still whole to abort
+        except BaseException as err:
+            self.abort(err)
+            raise
         f.close()
         os.replace(self._tmp, self.path)
         return self.path
 
-    def abort(self) -> None:
-        """Give up: remove the partial file unless it is resumable."""
+    def abort(self, error: BaseException | None = None) -> None:
+        """Give up because of ``error``: remove the partial file, unless it is resumable and
+        neither the error nor an earlier write was the file system's (a full disk)."""
+        keep = self.resumable and not self._failed and not isinstance(error, OSError)
         if self._file.id.valid:
-            self._file.close()
-        if not self.resumable:
+            if not keep:
+                _discard_pending_writes(self._file)
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001 - h5py raises OSError or RuntimeError here
+                pass  # the error that made us give up is the one to report
+        if not keep:
             self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> ArtifactWriter:
@@ -266,4 +346,4 @@ class ArtifactWriter:
         if exc_type is None:
             self.close()
         else:
-            self.abort()
+            self.abort(exc)

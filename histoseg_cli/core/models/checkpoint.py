@@ -119,9 +119,34 @@ def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo,
                                "task": info.task, "info": asdict(info), "model": state}
     if training is not None:
         payload["training"] = training
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        sink = _KeepWriteError(file)
+        try:
+            torch.save(payload, sink)
+        except RuntimeError:
+            if sink.error is not None:  # e.g. a full disk: say so, naming the checkpoint
+                raise sink.error from None
+            raise
     return Path(path)
+
+
+class _KeepWriteError:
+    """The file ``torch.save`` writes through, keeping the OS error of a failed write:
+    torch reports one (a full disk) only as "unexpected pos" in a RuntimeError."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def resolve_checkpoint(path_or_run_dir: str | Path, prefer: str = "best") -> Path:
