@@ -97,7 +97,7 @@ def build_pipeline(root: Path) -> dict[str, Path]:
     invoke("train-cls", root / "art" / "train.h5", "-o", root / "cls", "--backbone",
            "resnet18", "--epochs", 1, "-b", 10, "-j", 0, "-q")
     invoke("cams", root / "cls", root / "art" / "train.h5", "-o", root / "pm.h5", "--tta",
-           "none", "-q")
+           "none", "--gallery", 0, "-q")
     invoke("train-seg", root / "art" / "train.h5", root / "pm.h5", "-o", root / "seg",
            "--encoder", "resnet18", "--epochs", 1, "-b", 10, "-j", 0, "-q")
     from benchmarks.slidegen import build_pyramid_tiff, texture
