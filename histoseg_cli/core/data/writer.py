@@ -318,10 +318,10 @@ class ArtifactWriter:
                 del f.attrs["rows_committed"]
                 del f.attrs["layout"]
                 f.flush()  # a full disk fails here, with the file still whole to abort
+                f.close()
         except BaseException as err:
             self.abort(err)
             raise
-        f.close()
         os.replace(self._tmp, self.path)
         return self.path
 
