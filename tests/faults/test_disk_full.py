@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmarks.slidegen import build_pyramid_tiff, real_tissue_images
+from conftest import write_patches
 from histoseg_cli.app import app
 
 pytestmark = pytest.mark.slow
@@ -120,8 +121,6 @@ def test_a_full_disk_names_the_output_in_one_line(models: dict[str, Path], tmp_p
                                                   command: str):
     """cams (a resumable artifact: HDF5 reports the full disk as a RuntimeError) and
     train-cls (torch.save reports it as "unexpected pos"): one line naming the output."""
-    from conftest import write_patches
-
     _need_namespaces(tmp_path)
     patches = write_patches(tmp_path / "p.h5", n=1000 if command == "cams" else 32, masks=False)
     full, kept = tmp_path / "full", tmp_path / "kept"
