@@ -180,7 +180,6 @@ def test_the_command_line_starts_without_heavy_modules():
     assert loaded == ""
 
 
-
 def test_timm_is_imported_only_to_build_a_timm_network():
     """Importing timm costs seconds (it pulls in torchvision): ``predict`` with an ONNX or
     TensorRT model, and ``cams`` with a ResNet-38 classifier, build no timm network and must
@@ -195,6 +194,7 @@ def test_timm_is_imported_only_to_build_a_timm_network():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout.strip()
     assert loaded == ""
+
 
 def _package_sources() -> dict[Path, str]:
     return {p: p.read_text() for p in PACKAGE.rglob("*.py")}
