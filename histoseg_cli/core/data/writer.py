@@ -233,7 +233,7 @@ class ArtifactWriter:
         if missing or unknown:
             raise ValueError(f"append needs {sorted(self._specs)}; missing {sorted(missing)}, "
                              f"unknown {sorted(unknown)}")
-        with self._writing():
+        with self.writing():
             self._write(batch, names, chunks)
 
     def _write(self, batch: dict[str, np.ndarray], names: list[str],
@@ -262,10 +262,12 @@ class ArtifactWriter:
             self._file.flush()
 
     @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """HDF5 writes: a failure marks the partial file as not to be continued, and one
-        from the file system (h5py raises OSError or RuntimeError, naming no file) becomes an
-        OS error naming this artifact, so the one-line message says which output and why."""
+    def writing(self) -> Iterator[None]:
+        """HDF5 writes to this file: a failure marks the partial file as not to be continued,
+        and one from the file system (h5py raises OSError or RuntimeError, naming no file)
+        becomes an OS error naming this artifact, so the one-line message says which output
+        and why. The writer's own writes go through it; a caller that writes the datasets of
+        :meth:`create_array` itself wraps those writes in it too."""
         try:
             with naming_output(self.path):
                 try:
@@ -312,7 +314,7 @@ class ArtifactWriter:
         """Mark the file complete and move it to its final name."""
         f = self._file
         try:
-            with self._writing():
+            with self.writing():
                 f.attrs["complete"] = True
                 f.attrs["num_patches"] = self.rows_done
                 del f.attrs["rows_committed"]

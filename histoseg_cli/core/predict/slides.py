@@ -215,7 +215,8 @@ def predict_slide(slide: PreparedSlide, targets: SlideTargets, predictor: Predic
         polygons = _polygon_sink(grid.width, grid.height, c) if targets.geojson else None
         heat = (DownsampledSink(grid.width, grid.height, thumb_w, thumb_h, 0, channels=c)
                 if targets.heatmaps else None)
-        with ArtifactWriter(targets.artifact, meta, coords=True, extra_datasets=specs) as writer:
+        with (ArtifactWriter(targets.artifact, meta, coords=True, extra_datasets=specs) as writer,
+              writer.writing()):  # the map datasets are written here, not by the writer
             dataset = writer.create_array(MAP_DATASET, (grid.height, grid.width), "uint8",
                                           (MAP_CHUNK, MAP_CHUNK))
             map_sink = MapSink(dataset)
