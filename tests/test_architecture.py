@@ -25,8 +25,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "histoseg_cli"
 
 #: Layers from bottom to top; a module may import its own layer and the ones below.
 LAYERS = [
-    {"errors", "atomic", "progress", "parallel", "device", "distributed", "figures", "imageio",
-     "morphology", "folder_run", "provenance", "defaults"},
+    {"errors", "atomic", "interrupts", "progress", "parallel", "device", "distributed",
+     "figures", "imageio", "morphology", "folder_run", "provenance", "defaults"},
     {"data", "models"},
     {"metrics", "slides"},
     {"inference"},

@@ -1,4 +1,7 @@
 import json
+import os
+import signal
+import time
 
 import pytest
 
@@ -45,6 +48,33 @@ def test_runtime_error_is_one_line_exit_1(cli, tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing: no such folder" in lines[0]
     assert "Traceback" not in res.stderr
+
+
+def test_sigterm_stops_a_command_like_ctrl_c(cli, tmp_path, monkeypatch):
+    """SIGTERM during a command: one line and exit 143; the process's own SIGTERM handler
+    (here one that ignores it, so that a command that does not catch it fails this test
+    instead of ending pytest) is back afterwards."""
+    import histoseg_cli.core.data.demo as demo
+
+    def terminated_while_writing(out_dir, config, reporter=None):
+        (out_dir / "train").mkdir(parents=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2)  # the command's handler raises at once
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(demo, "write_demo_dataset", terminated_while_writing)
+    def ours(signum, frame):
+        pass
+
+    original = signal.signal(signal.SIGTERM, ours)
+    try:
+        res = cli("demo-data", tmp_path / "demo")
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    assert res.exit_code == 143, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "terminated (SIGTERM); rerun the command to resume or redo it"]
 
 
 def test_bad_label_names_the_file(cli, tmp_path):

@@ -3,8 +3,9 @@ named as flags.
 
 Each command module defines a plain function and registers it with :func:`command`, which wraps
 it so that ``HistosegError`` becomes one line on stderr and exit code 1 (2 for usage errors),
-any other exception a one-line message too (traceback only with ``--verbose``), and progress
-and logs go to stderr at the level ``--quiet``/``--verbose`` ask for.
+any other exception a one-line message too (traceback only with ``--verbose``), Ctrl-C and
+SIGTERM a clean stop (exit 130 / 143), and progress and logs go to stderr at the level
+``--quiet``/``--verbose`` ask for.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from histoseg_cli.core.errors import HistosegError, describe_os_error, render_settings
+from histoseg_cli.core.interrupts import Terminated, sigterm_as_interrupt
 from histoseg_cli.core.progress import Reporter
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks.",
@@ -137,13 +139,18 @@ def command(app: typer.Typer, name: str, panel: str) -> Callable[[Callable[..., 
             out = Output(json=json_, quiet=quiet, verbose=verbose)
             _configure_logging(out, name_of)
             try:
-                fn(*args, out=out, **kwargs)
+                with sigterm_as_interrupt():
+                    fn(*args, out=out, **kwargs)
             except HistosegError as err:
                 if verbose:
                     traceback.print_exc(file=sys.stderr)
                 stderr.print(f"[bold red]error:[/] {err.render(name_of)}", highlight=False,
                              soft_wrap=True)
                 raise typer.Exit(err.exit_code) from None
+            except Terminated:
+                stderr.print("[bold red]terminated[/] (SIGTERM); rerun the command to resume "
+                             "or redo it")
+                raise typer.Exit(Terminated.exit_code) from None
             except KeyboardInterrupt:
                 stderr.print("[bold red]interrupted[/]; rerun the command to resume or redo it")
                 raise typer.Exit(130) from None

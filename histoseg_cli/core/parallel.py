@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import TypeVar
 
+from histoseg_cli.core.interrupts import leave_interrupts_to_parent
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -50,10 +52,11 @@ def lagged(items: Iterable[T]) -> Iterator[tuple[T | None, T | None]]:
         yield None, previous
 
 
-def die_with_parent(parent: int) -> None:
-    """Initializer of worker processes: end when ``parent`` (the command) ends, even by
-    ``kill -9``, instead of lingering with their pool (and, through them, the
-    multiprocessing resource tracker, which ends when its last user does).
+def follow_parent(parent: int) -> None:
+    """Initializer of worker processes: leave SIGINT and SIGTERM to ``parent`` (the command,
+    which stops its pool itself) and end when it ends, even by ``kill -9``, instead of
+    lingering with their pool (and, through them, the multiprocessing resource tracker, which
+    ends when its last user does).
 
     A daemon thread checks every second whether the worker was re-parented. (The kernel's
     ``PR_SET_PDEATHSIG`` is not used: it fires when the *thread* that started the worker
@@ -63,9 +66,11 @@ def die_with_parent(parent: int) -> None:
     import threading
     import time
 
+    leave_interrupts_to_parent()
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
         os._exit(1)
 
-    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from histoseg_cli.core.parallel import die_with_parent, ordered_map
+from histoseg_cli.core.parallel import follow_parent, ordered_map
 from histoseg_cli.core.slides.reader import SlideReader
 
 #: Level pixels read at once for one strip (about 4 bytes each while decoding).
@@ -206,7 +206,7 @@ class StripReader:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=die_with_parent, initargs=(os.getpid(),))
+                initializer=follow_parent, initargs=(os.getpid(),))
         return self._pool
 
     def iter_read(self, strips: Sequence[Strip], reader: SlideReader,

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from histoseg_cli.core.data.labels import labels_from_masks
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import InputError
+from histoseg_cli.core.interrupts import leave_interrupts_to_parent
 
 
 def train_labels(artifact: Artifact, batch_size: int | None = None) -> np.ndarray:
@@ -90,10 +91,16 @@ def make_loader(dataset: Dataset, batch_size: int, *, sampler: DistributedSample
     It draws its workers' seeds from a generator of its own: persistent workers draw once, in
     the first epoch a process runs, so drawing from the global RNG would shift every later
     random number of that epoch and a resumed run would differ from an uninterrupted one.
+    Its workers leave Ctrl-C and SIGTERM to the training process, which stops them.
     """
     workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                   else os.cpu_count() or 1)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=workers, pin_memory=pin_memory, drop_last=drop_last,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed),
+                      worker_init_fn=_leave_interrupts_to_parent if workers else None)
+
+
+def _leave_interrupts_to_parent(worker_id: int) -> None:
+    leave_interrupts_to_parent()
