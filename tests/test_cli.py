@@ -4,6 +4,7 @@ import signal
 import time
 
 import pytest
+from typer.testing import CliRunner
 
 from histoseg_cli import __version__
 from histoseg_cli.app import app
@@ -30,6 +31,28 @@ def test_every_command_has_help(cli, name):
     res = cli(name, "--help")
     assert res.exit_code == 0
     assert "Usage" in res.stdout and "--json" in res.stdout and "--quiet" in res.stdout
+
+
+def test_help_prose_wraps_to_the_terminal_and_examples_keep_their_lines():
+    """A docstring's line breaks inside a paragraph do not reach --help (in an 80-column
+    terminal they wrapped into ragged lines); example lines stay one per line."""
+    from histoseg_cli.commands.runner import help_text
+
+    doc = """Summary line.
+
+    A paragraph written over
+    two lines.
+
+    [b]Examples[/b]
+
+      histoseg a x
+      histoseg b y
+    """
+    assert help_text(doc).split("\n\n") == [
+        "Summary line.", "A paragraph written over two lines.", "[b]Examples[/b]",
+        "  histoseg a x\n  histoseg b y"]
+    res = CliRunner().invoke(app, ["eval", "--help"], terminal_width=80)
+    assert any("Prints the written paths" in line for line in res.stdout.splitlines())
 
 
 def test_usage_error_exit_2(cli, tmp_path):

@@ -171,10 +171,22 @@ def command(app: typer.Typer, name: str, panel: str) -> Callable[[Callable[..., 
                 raise typer.Exit(1) from None
 
         _append_common_params(wrapper, fn)
-        app.command(name, rich_help_panel=panel, no_args_is_help=True)(wrapper)
+        app.command(name, help=help_text(fn.__doc__), rich_help_panel=panel,
+                    no_args_is_help=True)(wrapper)
         return fn
 
     return decorate
+
+
+def help_text(doc: str | None) -> str:
+    """A command's docstring as its ``--help``: each prose paragraph on one line, for the
+    terminal to wrap (Typer keeps a docstring's line breaks, which wrap raggedly in a
+    terminal narrower than the source), and paragraphs with indented lines (examples) as
+    written."""
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(
+        p if any(line.startswith(" ") for line in p.splitlines()) else " ".join(p.split("\n"))
+        for p in paragraphs)
 
 
 def _append_common_params(wrapper: Callable[..., Any], fn: Callable[..., Any]) -> None:
