@@ -89,6 +89,39 @@ def test_image_folder_blends_windows_resumes_and_survives_a_bad_file(
     assert [i["status"] for i in json.loads(stdout)["inputs"]] == ["done", "done"]
 
 
+def test_artifact_folder_mirrors_sub_folders_resumes_and_survives_a_bad_file(
+        models: dict[str, Path], tmp_path: Path):
+    """A folder of patches artifacts (what tile writes for a folder of slides, thumbnails
+    beside them): one predictions artifact each, as predicting each one alone gives."""
+    tiles = tmp_path / "tiles"
+    write_patches(tiles / "p1" / "a.h5", n=6, size=PATCH, seed=1)
+    write_patches(tiles / "p2" / "a.h5", n=5, size=PATCH, seed=2)
+    (tiles / "bad.h5").write_bytes(b"not an artifact")
+    Image.new("RGB", (20, 20)).save(tiles / "a.thumbnail.png")  # not an input
+    out = tmp_path / "pred"
+    args = [models["seg"], tiles, "-o", out, "--classifier", models["cls"], "--device", "cpu",
+            "-q"]
+    code, stdout, err = run(*args)
+    assert code == 1 and str(tiles / "bad.h5") in err
+    assert stdout.split() == [str(out / "p1" / "a.h5"), str(out / "p2" / "a.h5")]
+    code, _, err = run(models["seg"], tiles / "p2" / "a.h5", "-o", tmp_path / "alone.h5",
+                       "--classifier", models["cls"], "--device", "cpu", "-q")
+    assert code == 0, err
+    with Artifact(out / "p2" / "a.h5") as folder_run, Artifact(tmp_path / "alone.h5") as alone:
+        assert folder_run.kind == "predictions" and len(folder_run) == 5
+        for name in ("predictions", "gate_probs"):
+            assert np.array_equal(folder_run.dataset(name)[:], alone.dataset(name)[:])
+    rows = {r["input"]: r["status"] for r in csv.DictReader(open(out / "manifest.csv"))}
+    assert rows == {str(tiles / "bad.h5"): "failed", str(tiles / "p1" / "a.h5"): "done",
+                    str(tiles / "p2" / "a.h5"): "done"}
+    (tiles / "bad.h5").unlink()
+    before = (out / "p1" / "a.h5").stat().st_mtime_ns
+    code, stdout, err = run(*args, "--json")
+    assert code == 0, err
+    assert [i["status"] for i in json.loads(stdout)["inputs"]] == ["skipped", "skipped"]
+    assert (out / "p1" / "a.h5").stat().st_mtime_ns == before
+
+
 def test_a_patch_sized_image_matches_the_artifact_prediction(models: dict[str, Path],
                                                              tmp_path: Path):
     data = write_patches(tmp_path / "p.h5", n=2, size=PATCH)

@@ -22,9 +22,10 @@ SLIDES = "Slides"
 def predict(
     segmenter: Annotated[Path, typer.Argument(help="train-seg run directory or checkpoint.",
                                               show_default=False)],
-    input: Annotated[Path, typer.Argument(help="Patches artifact (.h5); an image or folder of "
-                                          "images (PNG/JPEG/TIFF, any size); a slide or folder "
-                                          "of slides (searched recursively).",
+    input: Annotated[Path, typer.Argument(help="Patches artifact (.h5) or folder of them; an "
+                                          "image or folder of images (PNG/JPEG/TIFF, any size); "
+                                          "a slide or folder of slides (folders searched "
+                                          "recursively, except for images).",
                                           show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (label PNGs, "
                                          "overlays/, or per-slide outputs and manifest.csv); "

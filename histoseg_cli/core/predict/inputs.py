@@ -1,9 +1,10 @@
-"""What a ``predict`` INPUT is: a patches artifact, an image, a slide, or a folder of either.
+"""What a ``predict`` INPUT is: a patches artifact, an image, a slide, or a folder of any.
 
 Plain PNG/JPEG/BMP files are images; scanner formats (svs, ndpi, mrxs, ...) are slides; a TIFF
 is a slide when OpenSlide reads it as a tiled pyramid and an image otherwise. A folder holds
-slides when any file under it is one (searched recursively, as ``tile`` does), else it is a
-folder of images (its top level).
+slides when any file under it is one (searched recursively, as ``tile`` does), else patches
+artifacts when it holds any ``.h5`` (recursively: ``tile``'s output for a folder of slides,
+whose thumbnails are not inputs), else it is a folder of images (its top level).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 #: Image formats that are never slides.
 PLAIN_IMAGE_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in TIFF_SUFFIXES)
 
-MODES = ("artifact", "image", "images", "slide", "slides")
+MODES = ("artifact", "artifacts", "image", "images", "slide", "slides")
 
 
 def is_slide(path: Path) -> bool:
@@ -51,11 +52,14 @@ def input_mode(path: Path) -> str:
         return "slide"
     if slides_in(path):
         return "slides"
+    if artifacts_in(path):
+        return "artifacts"
     if list_images(path):
         return "images"
-    raise InputError(path, "holds no slides and no images (expected .svs/.ndpi/.mrxs/tiled "
-                     f"TIFF slides, or {'/'.join(IMAGE_SUFFIXES)} images); for a patch dataset "
-                     "folder pass {dataset}")
+    raise InputError(path, "holds no slides, patches artifacts or images (expected "
+                     ".svs/.ndpi/.mrxs/tiled TIFF slides, .h5 artifacts from histoseg tile, or "
+                     f"{'/'.join(IMAGE_SUFFIXES)} images); for a patch dataset folder pass "
+                     "{dataset}")
 
 
 def slides_in(folder: Path, exclude: Path | None = None) -> list[Path]:
@@ -65,3 +69,18 @@ def slides_in(folder: Path, exclude: Path | None = None) -> list[Path]:
     except InputError:
         return []
     return [p for p in found if is_slide(p)]
+
+
+def artifacts_in(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """The ``.h5`` files under ``folder`` (recursive, sorted; hidden files and folders, e.g.
+    a partial output, and anything under ``exclude`` left out)."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in ARTIFACT_SUFFIXES or not path.is_file():
+            continue
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if exclude is not None and path.resolve().is_relative_to(exclude.resolve()):
+            continue
+        found.append(path)
+    return found

@@ -8,16 +8,33 @@ last finished batch.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from histoseg_cli.core.data.format import ArtifactMeta, InputLink
 from histoseg_cli.core.data.kinds import PREDICTIONS
-from histoseg_cli.core.data.reader import Artifact
+from histoseg_cli.core.data.reader import Artifact, recorded_provenance
 from histoseg_cli.core.data.writer import ArtifactWriter, ItemSpec
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.parallel import lagged
-from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.predict.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class ArtifactTargets:
+    """Where one patches artifact's predictions go in a folder run. The artifact appears
+    under its name only when complete (it is written under a hidden partial name)."""
+
+    output: Path
+
+    def complete(self) -> bool:
+        return self.output.is_file()
+
+    def recorded(self) -> dict[str, Any] | None:
+        """The provenance the predictions artifact records."""
+        return recorded_provenance(self.output)
 
 
 def _check(source: Artifact, predictor: Predictor) -> None:
@@ -33,8 +50,10 @@ def _check(source: Artifact, predictor: Predictor) -> None:
 
 
 def predict_artifact(input_path: Path, output: Path, predictor: Predictor,
-                     reporter: Reporter = SILENT) -> dict[str, object]:
-    """Write the predictions artifact ``output`` for the patches artifact ``input_path``."""
+                     progress: Callable[..., None] | None = None) -> dict[str, object]:
+    """Write the predictions artifact ``output`` for the patches artifact ``input_path``;
+    ``progress(done, total)`` once (a resumed run starts at its rows done), then
+    ``progress(rows)`` per batch written."""
     if output.resolve() == input_path.resolve():
         raise UsageError(f"{output} is the input artifact; write the predictions elsewhere",
                          setting="output")
@@ -54,10 +73,10 @@ def predict_artifact(input_path: Path, output: Path, predictor: Predictor,
         patches = source.dataset("patches")
         started = time.perf_counter()
         with ArtifactWriter(output, meta, coords=coords, extra_datasets=specs,
-                            resumable=True) as writer, \
-                reporter.bar("predict", unit="patches") as bar:
+                            resumable=True) as writer:
             start = writer.rows_done
-            task = bar.add_task(input_path.name, total=n, completed=start)
+            if progress is not None:
+                progress(start, n)
             read = lambda bounds: patches[bounds[0]:bounds[1]]  # noqa: E731
             queued = ((s, e, out.to_host()) for s, e, out in predictor.map(read, start, n))
             for _, finished in lagged(queued):  # batch k queued before k - 1 is written
@@ -70,7 +89,8 @@ def predict_artifact(input_path: Path, output: Path, predictor: Predictor,
                 if coords:
                     rows["coords"] = source.dataset("coords")[s:e]
                 writer.append_rows(names[s:e], **rows)
-                bar.advance(task, e - s)
+                if progress is not None:
+                    progress(e - s)
         seconds = time.perf_counter() - started
     return {"input": str(input_path), "output": str(output), "tiles": n, "resumed_at": start,
             "seconds": round(seconds, 3),

@@ -1,6 +1,6 @@
 """``histoseg predict`` as one request: what the input is, where outputs go, the folder loop.
 
-Folders of images or slides are resumable (inputs whose outputs are complete are skipped,
+Folders of images, slides or patches artifacts are resumable (inputs whose outputs are complete are skipped,
 ``overwrite`` redoes them), one failing input is reported while the others go on, and a
 manifest CSV lists every input. Under torchrun the inputs are split across ranks: each rank
 writes its own inputs' outputs, rank 0 gathers the outcomes and writes the manifest.
@@ -28,8 +28,9 @@ from histoseg_cli.core.folder_run import (MANIFEST, FailureLog, FolderRun, RunOu
 from histoseg_cli.core.imageio import list_images
 from histoseg_cli.core.predict.cohort import read_areas, summary_row, write_summary
 from histoseg_cli.core.predict.images import ImageTargets, predict_image_file
-from histoseg_cli.core.predict.inputs import ARTIFACT_SUFFIXES, input_mode, slides_in
-from histoseg_cli.core.predict.patches import predict_artifact
+from histoseg_cli.core.predict.inputs import (ARTIFACT_SUFFIXES, artifacts_in, input_mode,
+                                              slides_in)
+from histoseg_cli.core.predict.patches import ArtifactTargets, predict_artifact
 from histoseg_cli.core.predict.predictor import PredictConfig, Predictor
 from histoseg_cli.core.predict.shards import Shard, read_shard_rows
 from histoseg_cli.core.predict.slides import SlideTargets, predict_slide
@@ -75,7 +76,7 @@ class Job:
     """One input of a run and where its outputs go."""
 
     input: Path
-    targets: ImageTargets | SlideTargets
+    targets: ImageTargets | SlideTargets | ArtifactTargets
     status: str = "pending"
     result: dict[str, Any] = field(default_factory=dict)
     error: str = ""
@@ -85,9 +86,14 @@ class Job:
         return {"input": self.input, "status": self.status,
                 "output": r.get("output", "") if self.status != "failed" else "",
                 "tiles": r.get("tiles", ""), "seconds": r.get("seconds", ""),
-                "tiles_per_s": r.get("tiles_per_s", ""),
+                "tiles_per_s": self.speed,
                 "made_by": made_by if self.status in ("done", "skipped") else "",
                 "error": self.error}
+
+    @property
+    def speed(self) -> object:
+        """Tiles (slides, images) or patches (artifacts) per second, when done."""
+        return self.result.get("tiles_per_s", self.result.get("patches_per_s", ""))
 
     def from_row(self, row: dict[str, str]) -> Job:
         """This job as a manifest row (another shard's) reports it."""
@@ -118,6 +124,11 @@ def plan_jobs(req: PredictRequest, mode: str, classes: tuple[str, ...] = ()) -> 
     if mode == "images":
         out = _folder_output(req)
         return [Job(p, ImageTargets.in_folder(p, out)) for p in list_images(req.input)]
+    if mode == "artifacts":  # sub-folders mirrored, as tile writes them for slides
+        out = _folder_output(req)
+        found = artifacts_in(req.input, exclude=out)
+        return [Job(a, ArtifactTargets(target))
+                for a, (target, _) in zip(found, output_paths(found, req.input, out))]
     if mode == "slide" and req.output.suffix.lower() in ARTIFACT_SUFFIXES:
         return [Job(req.input, SlideTargets(req.output, req.geojson, req.labels_tiff, heatmaps))]
     out = req.output if mode == "slide" else _folder_output(req)
@@ -151,11 +162,12 @@ def slide_config(req: PredictRequest, predictor: Predictor) -> SlideConfig:
 
 
 #: What each input kind is called in messages.
-INPUT_KINDS = {"artifact": "a patches artifact", "image": "an image", "images": "a folder of "
-               "images", "slide": "a slide", "slides": "a folder of slides"}
+INPUT_KINDS = {"artifact": "a patches artifact", "artifacts": "a folder of patches artifacts",
+               "image": "an image", "images": "a folder of images", "slide": "a slide",
+               "slides": "a folder of slides"}
 #: What -o may name for each input kind: file suffixes, or a folder (no known suffix).
-OUTPUT_SUFFIXES = {"artifact": ARTIFACT_SUFFIXES, "image": (".png",), "images": (),
-                   "slide": ARTIFACT_SUFFIXES, "slides": ()}
+OUTPUT_SUFFIXES = {"artifact": ARTIFACT_SUFFIXES, "artifacts": (), "image": (".png",),
+                   "images": (), "slide": ARTIFACT_SUFFIXES, "slides": ()}
 #: Suffixes that name files, never folders.
 FILE_SUFFIXES = (*ARTIFACT_SUFFIXES, ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".csv",
                  ".json", ".onnx", ".engine", ".pt", ".geojson")
@@ -203,9 +215,13 @@ def run_predict(req: PredictRequest, reporter: Reporter = SILENT) -> RunOutcome:
                 check_kept([(out, recorded_provenance(out))], predictor.provenance)
                 log.info("%s: complete, made by the same model and settings; kept "
                          "({overwrite} redoes it)", out)
-            result = ({"input": str(req.input), "output": str(out), "status": "skipped"}
-                      if kept else predict_artifact(req.input, out, predictor, reporter)) \
-                if ctx.is_main else {}
+            result: dict[str, Any] = {}
+            if ctx.is_main and kept:
+                result = {"input": str(req.input), "output": str(out), "status": "skipped"}
+            elif ctx.is_main:
+                with reporter.bar("predict", unit="patches") as bar:
+                    task = bar.add_task(req.input.name, total=None)
+                    result = predict_artifact(req.input, out, predictor, _progress(bar, task))
             ctx.barrier()
             return RunOutcome({"inputs": [result]}, [str(out)], main=ctx.is_main)
         return _run_jobs(req, mode, predictor, slides, ctx, reporter)
@@ -217,13 +233,13 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor,
               config: SlideConfig | None, ctx: DistContext, reporter: Reporter) -> RunOutcome:
     planned = plan_jobs(req, mode, tuple(predictor.class_names))
     if not planned:
-        raise InputError(req.input, "holds no images or slides to predict")
+        raise InputError(req.input, "holds no images, slides or artifacts to predict")
     jobs = req.shard.take(planned) if req.shard else planned
     started = time.perf_counter()
     mine = rank_share(jobs, ctx.rank, ctx.world_size)
     if not ctx.is_main:
         reporter = SILENT  # one set of progress bars: rank 0's
-    folder = mode in ("images", "slides")
+    folder = mode in ("images", "slides", "artifacts")
     made_by = predictor.provenance.key() if predictor.provenance else ""
     manifest = (req.output / (req.shard.manifest_name if req.shard else MANIFEST)
                 if folder else None)
@@ -251,14 +267,7 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor,
         # the next slide is opened and planned while this one is predicted
         for job, prepared in run.ahead(todo, prepare):
             task = bar.add_task(job.input.name, total=None)
-
-            def progress(done: int, total: int | None = None, task: int = task) -> None:
-                if total is None:
-                    bar.advance(task, done)
-                else:
-                    bar.update(task, completed=done, total=total)
-
-            _run_one(job, prepared, predictor, strips, stride, progress, run)
+            _run_one(job, prepared, predictor, strips, stride, _progress(bar, task), run)
             bar.remove_task(task)
             if manifest is not None and not ctx.distributed:
                 run.write_manifest(jobs)
@@ -300,6 +309,17 @@ def _run_jobs(req: PredictRequest, mode: str, predictor: Predictor,
     return RunOutcome(payload, paths, failures.closing_message(manifest) or "", ctx.is_main)
 
 
+def _progress(bar: Any, task: Any) -> Callable[..., None]:
+    """What inputs report progress through: ``(done, total)`` sets it, ``(n)`` advances."""
+    def progress(done: int, total: int | None = None) -> None:
+        if total is None:
+            bar.advance(task, done)
+        else:
+            bar.update(task, completed=done, total=total)
+
+    return progress
+
+
 def _run_one(job: Job, prepared: Future[PreparedSlide | None], predictor: Predictor,
              strips: StripReader, stride: int, progress: Callable[..., None],
              run: FolderRun[Job]) -> None:
@@ -307,6 +327,8 @@ def _run_one(job: Job, prepared: Future[PreparedSlide | None], predictor: Predic
         if isinstance(job.targets, SlideTargets):
             job.result = predict_slide(prepared.result(), job.targets, predictor, strips,
                                        progress)
+        elif isinstance(job.targets, ArtifactTargets):
+            job.result = predict_artifact(job.input, job.targets.output, predictor, progress)
         else:
             job.result = predict_image_file(job.input, job.targets, predictor, stride,
                                             progress)
@@ -358,6 +380,6 @@ def summary_table(jobs: list[Job], seconds: float) -> Table:
         r = job.result
         table.add_row(job.input.name, f"[{style[job.status]}]{job.status}[/]",
                       str(r.get("tiles", "")), str(r.get("seconds", "")),
-                      str(r.get("tiles_per_s", "")),
+                      str(job.speed),
                       job.error.removeprefix(f"{job.input}: ").split(";")[0])
     return table
