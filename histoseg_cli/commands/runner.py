@@ -148,10 +148,14 @@ def command(app: typer.Typer, name: str, panel: str) -> Callable[[Callable[..., 
                              soft_wrap=True)
                 raise typer.Exit(err.exit_code) from None
             except Terminated:
+                if verbose:  # where it stopped
+                    traceback.print_exc(file=sys.stderr)
                 stderr.print("[bold red]terminated[/] (SIGTERM); rerun the command to resume "
                              "or redo it")
                 raise typer.Exit(Terminated.exit_code) from None
             except KeyboardInterrupt:
+                if verbose:
+                    traceback.print_exc(file=sys.stderr)
                 stderr.print("[bold red]interrupted[/]; rerun the command to resume or redo it")
                 raise typer.Exit(130) from None
             except (typer.Exit, typer.Abort, SystemExit):

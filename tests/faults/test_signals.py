@@ -94,6 +94,22 @@ def test_ctrl_c_on_a_slide_folder_ends_it_and_its_workers(pipeline: dict[str, Pa
     assert (out / "a.h5").exists() and (out / "b.h5").exists()
 
 
+def test_sigterm_to_tile_on_a_slide_folder_leaves_no_partial_file(pipeline: dict[str, Path],
+                                                                  tmp_path: Path):
+    """tile's outputs are redone, not resumed: a stopped run leaves no hidden partial file,
+    neither of the slide it was writing nor of the next one its stream had opened ahead."""
+    out = tmp_path / "tiles"
+    args = ["tile", pipeline["slides"], "--mpp", 1.0, "--patch-size", 32, "--min-tissue", 0,
+            "--workers", 2, "-q", "-o", out]
+    done, kids = _signal_when((out / ".a.h5.partial").exists, signal.SIGTERM, True, args,
+                              tmp_path, settle=0.2)
+    _assert_clean_stop(done, 143, TERMINATED, kids)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    again = run(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (out / "a.h5").exists() and (out / "b.h5").exists()
+
+
 def test_a_preempted_training_job_resumes(pipeline: dict[str, Path], tmp_path: Path):
     """A scheduler pre-empting train-cls with DataLoader workers (SIGTERM to every process of
     the job): a clean stop after the last saved epoch, and ``--resume`` finishes the run."""

@@ -253,6 +253,7 @@ class SlideTiling:
         self.slide, self.output, self.preview_path = slide, output, preview_path
         self.config, self.progress = config, progress
         self.start = time.perf_counter() - slide.seconds
+        self.open = True  # until finished or aborted
         path, reader, plan = slide.path, slide.reader, slide.plan
         res, grid, mask = plan.resolution, plan.grid, plan.tissue
         self.grid_tiles = len(grid.origins())
@@ -310,11 +311,18 @@ class SlideTiling:
         except BaseException:
             self.abort()
             raise
+        self.open = False
         self.slide.close()
         return SlideResult(self.slide.path, self.output, self.preview_path, len(plan.tiles),
                            self.grid_tiles, plan.resolution, plan.tissue.fraction,
                            time.perf_counter() - self.start, stream_seconds)
 
     def abort(self) -> None:
+        """Remove the partial artifact and close the slide; nothing once finished or aborted
+        (a stopped folder run reaches a slide both as the one in progress and as one its
+        stream opened)."""
+        if not self.open:
+            return
+        self.open = False
         self.writer.abort()
         self.slide.close()
