@@ -27,6 +27,12 @@ TERMINATED = "terminated (SIGTERM); rerun the command to resume or redo it"
 INTERRUPTED = "interrupted; rerun the command to resume or redo it"
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C's default action in the child, as in a terminal: a process inherits an ignored
+    SIGINT (pytest-xdist's workers ignore it), and Python then installs no handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _signal_when(ready: Callable[[], bool], sig: signal.Signals, group: bool, args: list[object],
                  cwd: Path, settle: float = 0.0) -> tuple[subprocess.CompletedProcess, list[int]]:
     """Start ``histoseg ARGS`` in a session of its own; ``settle`` seconds after ``ready()``,
@@ -34,7 +40,8 @@ def _signal_when(ready: Callable[[], bool], sig: signal.Signals, group: bool, ar
     does). Its result and the child processes it had then."""
     proc = subprocess.Popen(argv(*args), cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=_as_in_a_terminal)
     deadline = time.monotonic() + 120
     while not ready():
         assert proc.poll() is None, f"ended before the signal: {proc.communicate()[1]}"

@@ -1,9 +1,10 @@
 """``histoseg predict`` as one request: what the input is, where outputs go, the folder loop.
 
-Folders of images, slides or patches artifacts are resumable (inputs whose outputs are complete are skipped,
-``overwrite`` redoes them), one failing input is reported while the others go on, and a
-manifest CSV lists every input. Under torchrun the inputs are split across ranks: each rank
-writes its own inputs' outputs, rank 0 gathers the outcomes and writes the manifest.
+Folders of images, slides or patches artifacts are resumable (inputs whose outputs are
+complete are skipped, ``overwrite`` redoes them), one failing input is reported while the
+others go on, and a manifest CSV lists every input. Under torchrun the inputs are split across
+ranks: each rank writes its own inputs' outputs, rank 0 gathers the outcomes and writes the
+manifest.
 """
 
 from __future__ import annotations
