@@ -106,7 +106,8 @@ def test_sigterm_to_tile_on_a_slide_folder_leaves_no_partial_file(pipeline: dict
     """tile's outputs are redone, not resumed: a stopped run leaves no hidden partial file,
     neither of the slide it was writing nor of the next one its stream had opened ahead."""
     out = tmp_path / "tiles"
-    args = ["tile", pipeline["slides"], "--mpp", 1.0, "--patch-size", 32, "--min-tissue", 0,
+    # 16 px patches: four times the writing of 32 px, so the run still goes on at the signal
+    args = ["tile", pipeline["slides"], "--mpp", 1.0, "--patch-size", 16, "--min-tissue", 0,
             "--workers", 2, "-q", "-o", out]
     done, kids = _signal_when((out / ".a.h5.partial").exists, signal.SIGTERM, True, args,
                               tmp_path, settle=0.2)
