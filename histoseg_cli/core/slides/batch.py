@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,49 +171,45 @@ def tile_slides(source: Path, out_dir: Path, config: SlideConfig, *, workers: in
             outcome.patches = found[0]
             complete.append((outcome, outcome.output, found[1]))
     todo = run.skip_complete(complete, config.wanted(config.provenance()))
-    with StripReader(workers) as strips, reporter.bar("tiling", unit="tiles") as bar:
+    # closing the stream aborts every slide it opened and did not finish (e.g. on Ctrl-C)
+    with StripReader(workers) as strips, reporter.bar("tiling", unit="tiles") as bar, \
+            closing(_strips(run, todo, config)) as stream:
         strips.start()
         overall = bar.add_task(f"all slides ({len(complete)}/{len(slides)})", total=None)
         current: _Begin | None = None
         reset = False
-        try:
-            for item, future in strips.stream(_strips(run, todo, config), slide_encoder(config)):
-                if isinstance(item, _Begin):
-                    if item.tiling is None:
-                        run.failed(item.outcome, item.error)
-                        continue
-                    current = item
-                    current.start(bar, overall)
-                elif isinstance(item, _End):
-                    if current is not None and current.outcome is item.outcome:
-                        current.finish(run)
-                        current = None
-                    finished = sum(o.status != "pending" for o in outcomes)
-                    bar.update(overall, description=f"all slides ({finished}/{len(slides)})")
-                    run.write_manifest()
-                elif current is not None:  # a strip of the slide in progress (else dropped)
+        for item, future in strips.stream(stream, slide_encoder(config)):
+            if isinstance(item, _Begin):
+                if item.tiling is None:
+                    run.failed(item.outcome, item.error)
+                    continue
+                current = item
+                current.start(bar, overall)
+            elif isinstance(item, _End):
+                if current is not None and current.outcome is item.outcome:
+                    current.finish(run)
+                    current = None
+                finished = sum(o.status != "pending" for o in outcomes)
+                bar.update(overall, description=f"all slides ({finished}/{len(slides)})")
+                run.write_manifest()
+            elif current is not None:  # a strip of the current slide (a failed one's: dropped)
+                try:
                     try:
-                        try:
-                            patches = future.result()
-                        except BrokenProcessPool:
-                            if not reset:
-                                raise
-                            # read before an earlier slide broke the pool: read it again here
-                            patches = load_strip(current.tiling.reader, item,
-                                                 slide_encoder(config))
-                        current.tiling.add(item, patches)
-                    except Exception as err:  # noqa: BLE001 - one bad slide: the others go on
-                        if isinstance(err, BrokenProcessPool):
-                            strips.reset()
-                            reset = True
-                        current.abort()
-                        run.failed(current.outcome, err)
-                        current = None
-                        run.write_manifest()
-        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the slide in progress leaves nothing (and
-            if current is not None:  # the stream aborts those it opened ahead as it closes)
-                current.abort()
-            raise
+                        patches = future.result()
+                    except BrokenProcessPool:
+                        if not reset:
+                            raise
+                        # read before an earlier slide broke the pool: read it again here
+                        patches = load_strip(current.tiling.reader, item, slide_encoder(config))
+                    current.tiling.add(item, patches)
+                except Exception as err:  # noqa: BLE001 - one bad slide must not stop others
+                    if isinstance(err, BrokenProcessPool):
+                        strips.reset()
+                        reset = True
+                    current.abort()
+                    run.failed(current.outcome, err)
+                    current = None
+                    run.write_manifest()
         tiles = next(t.completed for t in bar.tasks if t.id == overall)
         bar.update(overall, description=f"all slides ({len(slides)}/{len(slides)})",
                    total=tiles)
@@ -231,9 +228,9 @@ def _strips(run: FolderRun[SlideOutcome], todo: list[SlideOutcome], config: Slid
     prepared (thumbnail, tissue) in a thread, and its first strips read, while this one is
     finishing.
 
-    The stream runs ahead of the loop that writes: when the run stops (Ctrl-C, SIGTERM)
-    a slide this stream opened may not have reached that loop yet, so the stream aborts
-    every slide it opened that is not finished."""
+    The stream runs ahead of the loop that writes, so it owns the slides it opens: when the
+    run stops (Ctrl-C, SIGTERM: raised here, or closing the stream) it aborts every one that
+    is not finished, the one being written and any opened ahead."""
     opened: list[SlideTiling] = []
     try:
         for outcome, prepared in run.ahead(todo, lambda o: prepare_slide(o.slide, config)):
@@ -285,7 +282,6 @@ class _Begin:
             result = self.tiling.finish()
         finally:
             self._bar.remove_task(self.task)
-            self.task = None
         self.outcome.patches, self.outcome.result = result.patches, result
         run.succeeded(self.outcome)
         log.info("%s: %d patches in %.1f s (%.0f tiles/s)", self.outcome.slide.name,
@@ -293,9 +289,7 @@ class _Begin:
 
     def abort(self) -> None:
         self.tiling.abort()
-        if self.task is not None:  # shown
-            self._bar.remove_task(self.task)
-            self.task = None
+        self._bar.remove_task(self.task)
 
 
 @dataclass
