@@ -218,3 +218,19 @@ class FolderRun(Generic[Item]):
         """The command's closing error line ("" when nothing failed)."""
         return self.failures.closing_message(self.manifest) or ""
 
+
+def files_under(folder: Path, suffixes: Sequence[str], exclude: Path | None = None
+                ) -> list[Path]:
+    """The files under ``folder`` (recursive, sorted) whose suffix is one of ``suffixes``
+    (lower case), leaving out hidden files and folders (a partial output, say) and anything
+    under ``exclude`` (the run's own output folder): a folder run's inputs."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in suffixes or not path.is_file():
+            continue
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if exclude is not None and path.resolve().is_relative_to(exclude.resolve()):
+            continue
+        found.append(path)
+    return found

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from histoseg_cli.core.errors import InputError
+from histoseg_cli.core.folder_run import files_under
 from histoseg_cli.core.imageio import IMAGE_SUFFIXES, list_images
 from histoseg_cli.core.slides.batch import find_slides
 
@@ -71,16 +72,8 @@ def slides_in(folder: Path, exclude: Path | None = None) -> list[Path]:
     return [p for p in found if is_slide(p)]
 
 
+
 def artifacts_in(folder: Path, exclude: Path | None = None) -> list[Path]:
-    """The ``.h5`` files under ``folder`` (recursive, sorted; hidden files and folders, e.g.
-    a partial output, and anything under ``exclude`` left out)."""
-    found = []
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in ARTIFACT_SUFFIXES or not path.is_file():
-            continue
-        if any(part.startswith(".") for part in path.relative_to(folder).parts):
-            continue
-        if exclude is not None and path.resolve().is_relative_to(exclude.resolve()):
-            continue
-        found.append(path)
-    return found
+    """The ``.h5`` files under ``folder`` (recursive, sorted; hidden ones, e.g. a partial
+    output, and anything under ``exclude`` left out)."""
+    return files_under(folder, ARTIFACT_SUFFIXES, exclude)

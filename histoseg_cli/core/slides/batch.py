@@ -22,7 +22,7 @@ from rich.table import Table
 
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import HistosegError, InputError
-from histoseg_cli.core.folder_run import MANIFEST, FolderRun
+from histoseg_cli.core.folder_run import MANIFEST, FolderRun, files_under
 from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.slides.extract import (SlideConfig, SlideResult, SlideTiling,
                                                prepare_slide, slide_encoder)
@@ -103,16 +103,8 @@ def find_slides(source: Path, exclude: Path | None = None) -> list[Path]:
                          "slides)")
     found: list[Path] = []
     dicom_dirs: set[Path] = set()
-    for path in sorted(source.rglob("*")):
-        rel = path.relative_to(source)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        if exclude is not None and path.resolve().is_relative_to(exclude.resolve()):
-            continue
-        suffix = path.suffix.lower()
-        if suffix not in SLIDE_SUFFIXES:
-            continue
-        if suffix == ".dcm":
+    for path in files_under(source, SLIDE_SUFFIXES, exclude):
+        if path.suffix.lower() == ".dcm":
             if path.parent in dicom_dirs:
                 continue
             dicom_dirs.add(path.parent)
