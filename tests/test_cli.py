@@ -73,31 +73,55 @@ def test_runtime_error_is_one_line_exit_1(cli, tmp_path):
     assert "Traceback" not in res.stderr
 
 
-def test_sigterm_stops_a_command_like_ctrl_c(cli, tmp_path, monkeypatch):
-    """SIGTERM during a command: one line and exit 143; the process's own SIGTERM handler
-    (here one that ignores it, so that a command that does not catch it fails this test
-    instead of ending pytest) is back afterwards."""
+@pytest.mark.parametrize("sig, code, words", [
+    (signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGHUP, 129, "hung up (SIGHUP)")])
+def test_stop_signals_stop_a_command_like_ctrl_c(cli, tmp_path, monkeypatch, sig, code, words):
+    """SIGTERM or SIGHUP during a command: one line and exit 128 + the signal; the process's
+    own handler (here one that ignores the signal, so that a command that does not catch it
+    fails this test instead of ending pytest) is back afterwards."""
     import histoseg_cli.core.data.demo as demo
 
-    def terminated_while_writing(out_dir, config, reporter=None):
+    def stopped_while_writing(out_dir, config, reporter=None):
         (out_dir / "train").mkdir(parents=True)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
         time.sleep(2)  # the command's handler raises at once
-        raise AssertionError("SIGTERM did not stop the command")
+        raise AssertionError(f"{sig.name} did not stop the command")
 
-    monkeypatch.setattr(demo, "write_demo_dataset", terminated_while_writing)
+    monkeypatch.setattr(demo, "write_demo_dataset", stopped_while_writing)
     def ours(signum, frame):
         pass
 
-    original = signal.signal(signal.SIGTERM, ours)
+    original = signal.signal(sig, ours)
     try:
         res = cli("demo-data", tmp_path / "demo")
-        assert signal.getsignal(signal.SIGTERM) is ours
+        assert signal.getsignal(sig) is ours
     finally:
-        signal.signal(signal.SIGTERM, original)
-    assert res.exit_code == 143, res.stderr
+        signal.signal(sig, original)
+    assert res.exit_code == code, res.stderr
     assert res.stderr.strip().splitlines() == [
-        "terminated (SIGTERM); rerun the command to resume or redo it"]
+        f"{words}; rerun the command to resume or redo it"]
+
+
+def test_an_ignored_sighup_stays_ignored(cli, tmp_path, monkeypatch):
+    """Under ``nohup`` (SIGHUP ignored) a closing terminal does not stop the command."""
+    import histoseg_cli.core.data.demo as demo
+
+    seen = []
+
+    def hung_up_while_writing(out_dir, config, reporter=None):
+        seen.append(signal.getsignal(signal.SIGHUP))
+        os.kill(os.getpid(), signal.SIGHUP)
+        (out_dir / "train").mkdir(parents=True)
+        return {"train": 0}
+
+    monkeypatch.setattr(demo, "write_demo_dataset", hung_up_while_writing)
+    original = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        res = cli("demo-data", tmp_path / "demo")
+    finally:
+        signal.signal(signal.SIGHUP, original)
+    assert res.exit_code == 0, res.stderr
+    assert seen == [signal.SIG_IGN] and (tmp_path / "demo" / "train").is_dir()
 
 
 def test_bad_label_names_the_file(cli, tmp_path):

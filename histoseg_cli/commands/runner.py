@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from histoseg_cli.core.errors import HistosegError, describe_os_error, render_settings
-from histoseg_cli.core.interrupts import Terminated, sigterm_as_interrupt
+from histoseg_cli.core.interrupts import Terminated, stop_signals_as_interrupt
 from histoseg_cli.core.progress import Reporter
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks.",
@@ -139,7 +139,7 @@ def command(app: typer.Typer, name: str, panel: str) -> Callable[[Callable[..., 
             out = Output(json=json_, quiet=quiet, verbose=verbose)
             _configure_logging(out, name_of)
             try:
-                with sigterm_as_interrupt():
+                with stop_signals_as_interrupt():
                     fn(*args, out=out, **kwargs)
             except HistosegError as err:
                 if verbose:
@@ -147,12 +147,12 @@ def command(app: typer.Typer, name: str, panel: str) -> Callable[[Callable[..., 
                 stderr.print(f"[bold red]error:[/] {err.render(name_of)}", highlight=False,
                              soft_wrap=True)
                 raise typer.Exit(err.exit_code) from None
-            except Terminated:
+            except Terminated as stop:
                 if verbose:  # where it stopped
                     traceback.print_exc(file=sys.stderr)
-                stderr.print("[bold red]terminated[/] (SIGTERM); rerun the command to resume "
-                             "or redo it")
-                raise typer.Exit(Terminated.exit_code) from None
+                stderr.print(f"[bold red]{stop.describe()}[/]; rerun the command to resume or "
+                             "redo it", highlight=False)
+                raise typer.Exit(stop.exit_code) from None
             except KeyboardInterrupt:
                 if verbose:
                     traceback.print_exc(file=sys.stderr)

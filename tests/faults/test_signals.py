@@ -1,18 +1,24 @@
-"""SIGTERM and Ctrl-C on real processes: the command stops cleanly (one line, exit 143 / 130,
-no traceback from it or its workers), its worker processes end, and a rerun completes.
+"""SIGTERM, SIGHUP and Ctrl-C on real processes: the command stops cleanly (one line, exit
+143 / 129 / 130, no traceback from it or its workers), its worker processes end, and a rerun
+completes.
 
 SIGTERM is what a batch scheduler sends a pre-empted job (to every process of it), what
 ``kill PID`` and ``timeout`` send (to the command only); Ctrl-C reaches the terminal's whole
-process group. Each case signals once the command has started writing. That a stopped run
+process group; SIGHUP comes when the terminal (an SSH session) closes. Each case signals once the command has started writing. That a stopped run
 then resumes to the same result as an uninterrupted one is tested in-process (the same
 ``KeyboardInterrupt`` paths) and, for kill -9, in test_kill.py.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import select
 import signal
 import subprocess
+import termios
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -132,3 +138,75 @@ def test_a_preempted_training_job_resumes(pipeline: dict[str, Path], tmp_path: P
     assert again.returncode == 0, again.stderr
     epochs = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(epochs) == 3
+
+
+def _controlling_terminal() -> None:
+    """In the child, in a session of its own: make the terminal on its stdin the session's
+    controlling terminal, as a login shell's is."""
+    _as_in_a_terminal()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def test_a_closed_terminal_stops_a_slide_folder_cleanly(pipeline: dict[str, Path],
+                                                        tmp_path: Path):
+    """The terminal (an SSH session) closes while predict, showing its progress there, reads
+    slides in worker processes: the kernel hangs the terminal up (SIGHUP), every later write
+    to it fails, and the command must still stop as on Ctrl-C (exit 129, not a crash on the
+    dead terminal), end its workers, and leave what a rerun redoes."""
+    out = tmp_path / "out"
+    args = ["predict", pipeline["seg"], pipeline["slides"], "--classifier", pipeline["cls"],
+            "--mpp", 1.0, "--stride", 16, "--workers", 2, "-o", out]
+    terminal, child_end = pty.openpty()
+    proc = subprocess.Popen(argv(*args), cwd=tmp_path, stdin=child_end, stdout=child_end,
+                            stderr=child_end, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=_controlling_terminal)
+    os.close(child_end)
+    closing = threading.Event()
+
+    def show() -> None:  # the terminal reads what the command draws, until it closes
+        while not closing.is_set():
+            if select.select([terminal], [], [], 0.05)[0]:
+                try:
+                    os.read(terminal, 65536)
+                except OSError:
+                    return
+
+    reader = threading.Thread(target=show, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".a.h5.partial").exists():
+            assert proc.poll() is None, "ended before the terminal closed"
+            assert time.monotonic() < deadline, "never started writing"
+            time.sleep(0.05)
+        time.sleep(1.0)  # the workers are reading slide a
+        assert proc.poll() is None, "ended before the terminal closed"
+        kids = children(proc.pid)
+        assert kids, "predict had no reading workers to end"
+    finally:
+        closing.set()
+        reader.join()
+        os.close(terminal)  # the last reference: the kernel hangs the terminal up
+    assert proc.wait(timeout=120) == 129
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in kids if alive(pid)]
+    assert not (out / "a.h5").exists()
+    again = run(*args, "-q", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (out / "a.h5").exists() and (out / "b.h5").exists()
+
+
+def test_sighup_with_a_log_says_why(pipeline: dict[str, Path], tmp_path: Path):
+    """SIGHUP to a job whose output goes to files (``cmd 2> log &`` before logging out):
+    the log gets the one line, the partial artifact stays for the rerun."""
+    out = tmp_path / "pm.h5"
+    partial = tmp_path / ".pm.h5.partial"
+    args = ["cams", pipeline["cls"], pipeline["art"] / "train.h5", "--tta", "d4", "--gallery",
+            0, "-b", 4, "-q", "-o", out]
+    done, kids = _signal_when(partial.exists, signal.SIGHUP, True, args, tmp_path)
+    _assert_clean_stop(done, 129, "hung up (SIGHUP); rerun the command to resume or redo it",
+                       kids)
+    assert partial.exists() and not out.exists()
