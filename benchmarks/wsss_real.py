@@ -190,13 +190,15 @@ VARIANTS = ("method", "no_pda", "pda_paper", "no_gate", "single_layer", "fully_s
 
 def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
                 wanted: tuple[str, ...] = VARIANTS, patch: int | None = None,
-                earlier: dict[str, Any] | None = None) -> dict[str, object]:
+                earlier: dict[str, Any] | None = None,
+                precision: str | None = None) -> dict[str, object]:
     """Every stage and wanted variant for one dataset and seed; results, pseudo-mask scores
     and stage times. no_gate and single_layer reuse the method's classifier and masks.
 
     ``earlier``: this dataset and seed's result from an earlier run into the same folder.
     Its variants are kept, and the classifiers, pseudo masks and segmenters it left there
-    are reused instead of trained again, so missing variants can be added later."""
+    are reused instead of trained again, so missing variants can be added later.
+    ``precision``: every stage's ``--precision`` instead of the configuration's."""
     cfg = CONFIGS[config]
     settings = ds.settings.get(cfg["settings"]) or ds.settings["cpu"]
     if patch:  # another patch size, cut at a stride of one patch
@@ -209,7 +211,8 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
     dev = ["--device", device]
     cls_weights = ["--pretrained", cfg["cls_weights"]] if cfg.get("cls_weights") else []
     seg_weights = ["--pretrained", cfg["seg_weights"]] if cfg.get("seg_weights") else []
-    precision = ["--precision", cfg["precision"]]
+    precision_used = precision or str(cfg["precision"])
+    precision = ["--precision", precision_used]
     classes = ",".join(ds.classes)
     cut = ["--classes", classes, "--patch-size", ds.patch]
     if earlier is None:
@@ -281,7 +284,7 @@ def run_dataset(ds: Dataset, config: str, out: Path, device: str, seed: int,
     return {"config": config, "seed": seed, "backbone": cfg["backbone"],
             "encoder": cfg["encoder"], "cls_pretrained": cfg.get("cls_weights"),
             "seg_pretrained": cfg.get("seg_weights"), "settings": settings,
-            "tta": cfg.get("tta", "flips"),
+            "tta": cfg.get("tta", "flips"), "precision": precision_used,
             "train_patches": patches, "patch": ds.patch,
             "published": ds.published, "pseudo_mask_miou": layers,
             "pseudo_mask_miou_train": train_layers, "results": results,
@@ -319,7 +322,8 @@ def table(name: str, runs: list[dict[str, Any]]) -> str:
             f"{st['stride']}); classifier "
             f"{first['backbone']}{scale}, {st['cls_epochs']} epochs; segmenter DeepLabV3+ / "
             f"{first['encoder']}, {st['seg_epochs']} epochs; cams --tta "
-            f"{first.get('tta', 'flips')}; seed{'s' if len(runs) > 1 else ''} "
+            f"{first.get('tta', 'flips')}; {first.get('precision', 'bf16')}; "
+            f"seed{'s' if len(runs) > 1 else ''} "
             f"{seeds}. {_start(first)}; "
             f"{first['published']}.", "",
             "| variant | mIoU | FwIoU | ACC | IoU per class |", "|---|---:|---:|---:|---|"]
@@ -367,6 +371,22 @@ def write_docs(docs: Path, config: str, results: dict[str, Any], machine: str) -
     docs.write_text(text)
 
 
+def _precision_here(config: str, device: str) -> str | None:
+    """fp32 for a bf16 configuration on a CPU that would emulate bf16, else None (the
+    configuration's own)."""
+    if CONFIGS[config]["precision"] != "bf16" or device not in ("auto", "cpu"):
+        return None
+    import torch
+
+    from histoseg_cli.core.inference.engine import cpu_has_bf16_units
+
+    if (device == "auto" and torch.cuda.is_available()) or cpu_has_bf16_units():
+        return None
+    print("this CPU has no bf16 units (AVX-512 BF16, AMX): every stage runs in fp32 "
+          "(--precision bf16 to run the configuration as written)", file=sys.stderr)
+    return "fp32"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
@@ -388,8 +408,13 @@ def main() -> None:
     parser.add_argument("--add", action="store_true",
                         help="Keep the variants already in OUTPUT/results.json and add the "
                         "missing ones, reusing the classifiers, masks and segmenters there.")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                        help="Every stage's --precision [default: the configuration's; fp32 "
+                        "for a bf16 configuration on a CPU without bf16 units, where bf16 is "
+                        "emulated and several times slower].")
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args()
+    precision = args.precision or _precision_here(args.config, args.device)
     if not DATA.is_dir():
         sys.exit(f"{DATA}: no real data here; this benchmark needs ../shared/data")
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
@@ -405,7 +430,7 @@ def main() -> None:
             earlier = next((r for r in results[name] if r["seed"] == seed), None)
             made = run_dataset(DATASETS[name], args.config, args.output, args.device, seed,
                                tuple(v.strip() for v in args.variants.split(",") if v.strip()),
-                               args.patch_size, earlier)
+                               args.patch_size, earlier, precision)
             results[name] = sorted([r for r in results[name] if r["seed"] != seed] + [made],
                                    key=lambda r: r["seed"])
             stored.write_text(json.dumps({**before, **results}, indent=2) + "\n")
