@@ -9,18 +9,65 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
+import re
+import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from histoseg_cli.core.errors import InputError
 
+log = logging.getLogger("histoseg")
+
 
 def temporary_path(target: Path, tag: str = "tmp") -> Path:
-    """The hidden sibling used while ``target`` is being written."""
-    return target.with_name(f".{target.name}.{tag}-{os.getpid()}")
+    """The hidden sibling used while ``target`` is being written, ``.NAME.TAG-HOST-PID``: the
+    machine and process in the name tell a killed writer's leftover from a live writer's
+    (:func:`sweep_killed_writers`)."""
+    return target.with_name(f".{target.name}.{tag}-{_host()}-{os.getpid()}")
+
+
+def _host() -> str:
+    """This machine's name as temporary names carry it (letters and digits only)."""
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_killed_writers(target: Path, tag: str = "tmp") -> list[Path]:
+    """Remove the temporaries of ``target`` whose writer on this machine was killed (``kill
+    -9``, the OOM killer, a power cut): its process is gone, so nothing will finish them, and
+    a large output (a checkpoint, an engine, a slide's label TIFF) would otherwise stay as a
+    hidden copy per kill. A live writer's are kept, and so are another machine's on a shared
+    file system, whose processes cannot be seen from here. Returns what was removed."""
+    prefix = f".{target.name}.{tag}-{_host()}-"
+    removed = []
+    try:
+        entries = [e for e in os.scandir(target.parent) if e.name.startswith(prefix)]
+    except OSError:  # no folder yet
+        return removed
+    for entry in entries:
+        pid = entry.name[len(prefix):]
+        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+            continue
+        try:
+            os.unlink(entry.path)
+        except OSError:  # removed meanwhile, or not ours to remove
+            continue
+        log.info("removed %s, left by a writer that was killed", entry.path)
+        removed.append(Path(entry.path))
+    return removed
 
 
 @contextmanager
@@ -37,11 +84,15 @@ def naming_output(target: str | Path) -> Iterator[None]:
 
 
 @contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path, sweep: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; rename it to ``target`` only if the block succeeds
-    (OS errors name ``target``: :func:`naming_output`)."""
+    (OS errors name ``target``: :func:`naming_output`). ``sweep``: first remove what killed
+    writers of ``target`` left (:func:`sweep_killed_writers`; it lists the folder, so it is
+    for large outputs written once a run, not for each of a folder's many small files)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if sweep:
+        sweep_killed_writers(target)
     tmp = temporary_path(target)
     try:
         with naming_output(target):
@@ -52,9 +103,9 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_bytes_atomic(target: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``target`` atomically."""
-    with atomic_path(target) as tmp:
+def write_bytes_atomic(target: str | Path, data: bytes, sweep: bool = False) -> Path:
+    """Write ``data`` to ``target`` atomically (``sweep``: as :func:`atomic_path`)."""
+    with atomic_path(target, sweep) as tmp:
         tmp.write_bytes(data)
     return Path(target)
 

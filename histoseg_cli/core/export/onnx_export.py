@@ -59,7 +59,7 @@ def export_onnx(fused: FusedGatedSegmenter, card: ModelCard, path: Path, *,
     size = card.patch_size
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path, sweep=True) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (deprecations, tracing notes)
         program = torch.onnx.export(fused, (example,), dynamo=True, opset_version=OPSET,
                                     input_names=[INPUT], output_names=fused.output_names,

@@ -83,7 +83,7 @@ def quantize_onnx(fp32: Path, output: Path, card: ModelCard, calibration: np.nda
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
-    with atomic_path(output) as tmp:
+    with atomic_path(output, sweep=True) as tmp:
         with _quiet():
             quantization.quantize_static(
                 str(fp32), str(tmp), Reader(), quant_format=quantization.QuantFormat.QDQ,

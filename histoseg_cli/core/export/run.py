@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from histoseg_cli.core.atomic import check_writable, temporary_path
+from histoseg_cli.core.atomic import check_writable, sweep_killed_writers, temporary_path
 from histoseg_cli.core.data.format import names_digest
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import InputError, UsageError
@@ -114,6 +114,7 @@ def _export_onnx(fused: FusedGatedSegmenter, card: ModelCard, path: Path, precis
     if precision != "int8":
         export_onnx(fused, card, path, precision=precision)
         return
+    sweep_killed_writers(path, "fp32")
     fp32 = temporary_path(path, "fp32")
     try:
         export_onnx(fused, replace(card, precision="fp32"), fp32)

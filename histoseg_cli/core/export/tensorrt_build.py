@@ -84,7 +84,7 @@ def build_engine(onnx_path: Path, engine_path: Path, patch_size: int,
     if serialized is None:
         raise HistosegError(f"TensorRT could not build an engine from {onnx_path} (see the "
                             "TensorRT messages above)")
-    write_bytes_atomic(engine_path, bytes(serialized))
+    write_bytes_atomic(engine_path, bytes(serialized), sweep=True)
     if config.timing_cache is not None:
         write_bytes_atomic(config.timing_cache, bytes(cache.serialize()))
     return {"version": trt.__version__, "gpu": gpu_name(device),

@@ -119,7 +119,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo,
                                "task": info.task, "info": asdict(info), "model": state}
     if training is not None:
         payload["training"] = training
-    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+    with atomic_path(path, sweep=True) as tmp, open(tmp, "wb") as file:
         sink = _KeepWriteError(file)
         try:
             torch.save(payload, sink)

@@ -56,7 +56,7 @@ def write_map_tiff(artifact: Path, dataset_name: str, path: Path, mpp: float | N
         colormap[:, :len(colors)] = colors.T * 257
         style = {"photometric": "palette", "colormap": colormap}
     index = () if plane is None else (plane,)
-    with h5py.File(artifact, "r") as f, atomic_path(path) as tmp:
+    with h5py.File(artifact, "r") as f, atomic_path(path, sweep=True) as tmp:
         dataset = f[dataset_name]
         height, width = dataset.shape[-2:]
         with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
