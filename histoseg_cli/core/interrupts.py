@@ -51,7 +51,7 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     # still ends the process at once.
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    if signum != signal.SIGTERM:
+    if signum == getattr(signal, "SIGHUP", None):
         _leave_closed_terminal()
     raise Terminated(signum)
 
