@@ -30,6 +30,8 @@ class NamedRows(Protocol):
 
 SCHEMA_NAME = "histoseg.patches"
 SCHEMA_VERSION = 1
+#: File name suffixes of artifacts, as folders of them are listed.
+ARTIFACT_SUFFIXES = (".h5", ".hdf5")
 
 
 def default_palette(num_classes: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from histoseg_cli.core.data.datasets import Split, classify_split, detect_dataset, find_splits
 from histoseg_cli.core.data.layouts import DatasetSpec, get_dataset
+from histoseg_cli.core.data.format import ARTIFACT_SUFFIXES
 from histoseg_cli.core.data.inputs import DataSources
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import InputError, UsageError
@@ -21,7 +22,6 @@ from histoseg_cli.core.progress import SILENT, Reporter
 
 log = logging.getLogger("histoseg")
 
-ARTIFACT_SUFFIXES = (".h5", ".hdf5")
 
 
 def _artifacts_in(folder: Path) -> dict[str, Path]:

@@ -19,10 +19,10 @@ from histoseg_cli.core.atomic import check_writable
 from histoseg_cli.core.folder_run import RunOutcome
 from histoseg_cli.core.defaults import default_readers
 from histoseg_cli.core.data.datasets import find_layout, find_splits, looked_for
+from histoseg_cli.core.data.format import ARTIFACT_SUFFIXES
 from histoseg_cli.core.data.layouts import get_dataset
 from histoseg_cli.core.errors import InputError, UsageError
 from histoseg_cli.core.ingest.patches import TileConfig, tile_masked_images, tile_split
-from histoseg_cli.core.ingest.sources import ARTIFACT_SUFFIXES
 from histoseg_cli.core.progress import SILENT, Reporter
 from histoseg_cli.core.provenance import Provenance, check_kept
 from histoseg_cli.core.data.reader import recorded_provenance

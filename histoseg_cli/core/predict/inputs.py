@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from histoseg_cli.core.data.format import ARTIFACT_SUFFIXES
 from histoseg_cli.core.errors import InputError
 from histoseg_cli.core.folder_run import files_under
 from histoseg_cli.core.imageio import IMAGE_SUFFIXES, list_images
 from histoseg_cli.core.slides.batch import find_slides
 
-ARTIFACT_SUFFIXES = (".h5", ".hdf5")
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: Image formats that are never slides.
 PLAIN_IMAGE_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in TIFF_SUFFIXES)
