@@ -148,3 +148,27 @@ def test_labels_beyond_the_classes_are_refused(folders: tuple[Path, Path]):
     save_label_png(pred / "one.png", np.full((2, 3), 7), PALETTE, CLASSES)
     code, _, err = run(pred, gt)
     assert code == 1 and "holds label 7, but there are 4 classes" in err
+
+
+def test_folders_of_artifacts_pair_by_relative_path(tmp_path: Path):
+    """A patch in each of two artifacts; the ground truth's folder lacks one of them."""
+    def artifact(path: Path, masks: np.ndarray, classes: list[str] = CLASSES[:2]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = ArtifactMeta(class_names=classes, patch_size=2, created_by="test")
+        with ArtifactWriter(path, meta, masks=True) as writer:
+            writer.append(np.zeros((1, 2, 2, 3), np.uint8), ["p0"], masks=masks[None])
+
+    artifact(tmp_path / "pred" / "s1" / "a.h5", np.array([[0, 1], [1, 1]], np.uint8))
+    artifact(tmp_path / "pred" / "s2" / "a.h5", np.array([[0, 0], [0, 0]], np.uint8))
+    artifact(tmp_path / "gt" / "s1" / "a.h5", np.array([[0, 0], [1, 1]], np.uint8))
+    code, _, err = run(tmp_path / "pred", tmp_path / "gt")
+    assert code == 1 and f"{tmp_path / 'gt'}: no ground truth for 1 of the 2" in err
+    assert "(first: s2/a/p0)" in err
+    artifact(tmp_path / "gt" / "s2" / "a.h5", np.array([[1, 1], [0, 0]], np.uint8))
+    code, stdout, err = run(tmp_path / "pred", tmp_path / "gt", "--json")
+    assert code == 0, err
+    # truth a a b b | b b a a; pred a b b b | a a a a: a TP 3 FP 2 FN 1; b TP 2 FP 1 FN 2
+    assert np.isclose(json.loads(stdout)["miou"], (3 / 6 + 2 / 5) / 2)
+    artifact(tmp_path / "gt" / "s3" / "a.h5", np.zeros((2, 2), np.uint8), ["x", "y"])
+    code, _, err = run(tmp_path / "pred", tmp_path / "gt")
+    assert code == 1 and f"{tmp_path / 'gt' / 's3' / 'a.h5'}: classes ['x', 'y'] differ" in err

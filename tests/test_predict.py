@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from benchmarks.slidegen import build_pyramid_tiff, real_tissue_images
 from histoseg_cli.app import app
 from histoseg_cli.core.data.reader import Artifact
+from histoseg_cli.core.metrics.evaluate import EvalRequest, run_eval
 from tests.conftest import write_patches
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -120,6 +121,15 @@ def test_artifact_folder_mirrors_sub_folders_resumes_and_survives_a_bad_file(
     assert code == 0, err
     assert [i["status"] for i in json.loads(stdout)["inputs"]] == ["skipped", "skipped"]
     assert (out / "p1" / "a.h5").stat().st_mtime_ns == before
+    # eval pairs the two folders by relative path (the thumbnail is not a label map): one
+    # matrix, the sum of scoring each pair alone
+    whole = run_eval(EvalRequest(out, tiles))
+    pairs = [run_eval(EvalRequest(out / p / "a.h5", tiles / p / "a.h5")) for p in ("p1", "p2")]
+    assert np.array_equal(whole.matrix.matrix, pairs[0].matrix.matrix + pairs[1].matrix.matrix)
+    assert [r["name"] for r in whole.per_image] == (
+        [f"p1/a/p{i:03d}" for i in range(6)] + [f"p2/a/p{i:03d}" for i in range(5)])
+    (out / "p2" / "a.h5").unlink()
+    assert run_eval(EvalRequest(out, tiles, only_predicted=True)).unpredicted == 5
 
 
 def test_a_patch_sized_image_matches_the_artifact_prediction(models: dict[str, Path],

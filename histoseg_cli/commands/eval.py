@@ -14,11 +14,12 @@ from histoseg_cli.commands.runner import Output, command, stderr
 @command(app, "eval", panel="Pipeline")
 def evaluate(
     pred: Annotated[Path, typer.Argument(help="Predictions artifact (.h5 from histoseg "
-                                         "predict) or folder of label PNGs.",
+                                         "predict), folder of them, or folder of label PNGs.",
                                          show_default=False)],
-    truth: Annotated[Path, typer.Argument(help="Patches artifact with masks, or folder of "
-                                          "label PNGs (palette or greyscale) matched to PRED by "
-                                          "file stem.", show_default=False)],
+    truth: Annotated[Path, typer.Argument(help="Patches artifact with masks, folder of them "
+                                          "(matched to PRED's by path under the folder), or "
+                                          "folder of label PNGs (palette or greyscale) matched "
+                                          "to PRED by file stem.", show_default=False)],
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Metrics JSON to write; the confusion-matrix PNG "
         "(NAME.confusion.png) and per-image CSV (NAME.per-image.csv) go beside it.",
@@ -46,6 +47,8 @@ def evaluate(
       histoseg eval labels/ masks/ -o metrics.json   (+ metrics.confusion.png, metrics.per-image.csv)
 
       histoseg eval labels/ masks/ --only-predicted --json   (labels/ holds a subset)
+
+      histoseg eval preds/ tiles/ --json   (predict's folder of artifacts against its input)
     """
     from histoseg_cli.core.atomic import check_writable
     from histoseg_cli.core.metrics.evaluate import (EvalRequest, run_eval, scores_table,

@@ -1,7 +1,9 @@
-"""Sets of label maps to score: an artifact's predictions or masks, or a folder of label PNGs.
+"""Sets of label maps to score: an artifact's predictions or masks, a folder of such
+artifacts, or a folder of label PNGs.
 
 Either side of ``eval`` is a :class:`LabelSet`: label maps keyed by name (an artifact's patch
-names, a folder's file stems) plus the class names when the source records them. Reading is
+names, ``SUB/FILE/PATCH`` in a folder of artifacts, a folder's file stems) plus the class
+names when the source records them. Reading is
 lazy, one map at a time, so a folder of large images is scored in bounded memory.
 """
 
@@ -13,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from histoseg_cli.core.data.format import ARTIFACT_SUFFIXES
 from histoseg_cli.core.data.reader import Artifact
 from histoseg_cli.core.errors import InputError
+from histoseg_cli.core.folder_run import files_under
 from histoseg_cli.core.imageio import read_label_classes, read_mask
 
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -31,6 +35,7 @@ class LabelSet:
     read: Callable[[str], np.ndarray]
     class_names: list[str] | None
     describe: Callable[[str], str]  # where one map comes from, for messages
+    artifact: Artifact | None = None  # the one artifact the maps are read from, if any
 
     def __len__(self) -> int:
         return len(self.names)
@@ -48,7 +53,7 @@ def _artifact_set(path: Path, prefer: tuple[str, ...]) -> LabelSet:
         raise InputError(path, "has repeated patch names; cannot match them to another set")
     data = artifact.dataset(dataset)
     return LabelSet(path, names, lambda name: data[index[name]], artifact.class_names or None,
-                    lambda name: f"{path}[{name}]")
+                    lambda name: f"{path}[{name}]", artifact)
 
 
 def _folder_set(path: Path) -> LabelSet:
@@ -67,12 +72,56 @@ def _folder_set(path: Path) -> LabelSet:
                     lambda name: str(by_stem[name]))
 
 
+class _OneOpen:
+    """Artifacts of a folder opened one at a time: maps are read in ground-truth order, which
+    is one artifact after another, and a cohort's thousands of files must not all hold a
+    handle at once."""
+
+    def __init__(self, prefer: tuple[str, ...]) -> None:
+        self.prefer = prefer
+        self.current: tuple[Path, LabelSet, Artifact] | None = None
+
+    def __call__(self, path: Path) -> LabelSet:
+        if self.current is None or self.current[0] != path:
+            if self.current is not None:
+                self.current[2].close()
+            one = _artifact_set(path, self.prefer)
+            self.current = (path, one, one.artifact)
+        return self.current[1]
+
+
+def _artifact_folder_set(path: Path, files: list[Path], prefer: tuple[str, ...]) -> LabelSet:
+    """The label maps of every artifact under ``path`` (predict's output for a folder of
+    artifacts, or the patches artifacts it read), named ``SUB/FILE/PATCH`` by the file's path
+    under ``path`` without its suffix, so two such folders pair by relative path."""
+    where: dict[str, tuple[Path, str]] = {}
+    classes: list[str] | None = None
+    first: Path | None = None
+    for file in files:
+        one = _artifact_set(file, prefer)
+        one.artifact.close()
+        if one.class_names and classes and one.class_names != classes:
+            raise InputError(file, f"classes {one.class_names} differ from {classes} of "
+                             f"{first}; expected one set of classes in the folder")
+        if one.class_names and not classes:
+            classes, first = one.class_names, file
+        stem = file.relative_to(path).with_suffix("").as_posix()
+        where.update({f"{stem}/{name}": (file, name) for name in one.names})
+    opened = _OneOpen(prefer)
+    return LabelSet(path, list(where), lambda name: opened(where[name][0]).read(where[name][1]),
+                    classes, lambda name: f"{where[name][0]}[{where[name][1]}]")
+
+
 def open_label_set(path: Path, prefer: tuple[str, ...] = ARTIFACT_LABELS) -> LabelSet:
-    """The label maps at ``path``: an artifact (.h5) or a folder of label PNGs."""
+    """The label maps at ``path``: an artifact (.h5), a folder of artifacts (any ``.h5``
+    under it, as ``predict`` reads and writes them), or a folder of label PNGs."""
     if not path.exists():
         raise InputError(path, "no such file or folder (expected a predictions or patches "
-                         "artifact, or a folder of label PNGs)")
+                         "artifact, a folder of them, or a folder of label PNGs)")
     if path.is_dir():
+        artifacts = files_under(path, ARTIFACT_SUFFIXES)
+        if artifacts:
+            return _artifact_folder_set(path, artifacts, prefer)
         return _folder_set(path)
     return _artifact_set(path, prefer)
 
