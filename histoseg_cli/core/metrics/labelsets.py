@@ -3,8 +3,8 @@ artifacts, or a folder of label PNGs.
 
 Either side of ``eval`` is a :class:`LabelSet`: label maps keyed by name (an artifact's patch
 names, ``SUB/FILE/PATCH`` in a folder of artifacts, a folder's file stems) plus the class
-names when the source records them. Reading is
-lazy, one map at a time, so a folder of large images is scored in bounded memory.
+names when the source records them. Reading is lazy, one map at a time, so a folder of large
+images is scored in bounded memory.
 """
 
 from __future__ import annotations
@@ -79,15 +79,14 @@ class _OneOpen:
 
     def __init__(self, prefer: tuple[str, ...]) -> None:
         self.prefer = prefer
-        self.current: tuple[Path, LabelSet, Artifact] | None = None
+        self.current: LabelSet | None = None
 
     def __call__(self, path: Path) -> LabelSet:
-        if self.current is None or self.current[0] != path:
-            if self.current is not None:
-                self.current[2].close()
-            one = _artifact_set(path, self.prefer)
-            self.current = (path, one, one.artifact)
-        return self.current[1]
+        if self.current is None or self.current.path != path:
+            if self.current is not None and self.current.artifact is not None:
+                self.current.artifact.close()
+            self.current = _artifact_set(path, self.prefer)
+        return self.current
 
 
 def _artifact_folder_set(path: Path, files: list[Path], prefer: tuple[str, ...]) -> LabelSet:
@@ -99,7 +98,8 @@ def _artifact_folder_set(path: Path, files: list[Path], prefer: tuple[str, ...])
     first: Path | None = None
     for file in files:
         one = _artifact_set(file, prefer)
-        one.artifact.close()
+        if one.artifact is not None:
+            one.artifact.close()
         if one.class_names and classes and one.class_names != classes:
             raise InputError(file, f"classes {one.class_names} differ from {classes} of "
                              f"{first}; expected one set of classes in the folder")
