@@ -198,15 +198,3 @@ def test_a_closed_terminal_stops_a_slide_folder_cleanly(pipeline: dict[str, Path
     assert again.returncode == 0, again.stderr
     assert (out / "a.h5").exists() and (out / "b.h5").exists()
 
-
-def test_sighup_with_a_log_says_why(pipeline: dict[str, Path], tmp_path: Path):
-    """SIGHUP to a job whose output goes to files (``cmd 2> log &`` before logging out):
-    the log gets the one line, the partial artifact stays for the rerun."""
-    out = tmp_path / "pm.h5"
-    partial = tmp_path / ".pm.h5.partial"
-    args = ["cams", pipeline["cls"], pipeline["art"] / "train.h5", "--tta", "d4", "--gallery",
-            0, "-b", 4, "-q", "-o", out]
-    done, kids = _signal_when(partial.exists, signal.SIGHUP, True, args, tmp_path)
-    _assert_clean_stop(done, 129, "hung up (SIGHUP); rerun the command to resume or redo it",
-                       kids)
-    assert partial.exists() and not out.exists()
