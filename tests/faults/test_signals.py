@@ -142,8 +142,11 @@ def test_a_preempted_training_job_resumes(pipeline: dict[str, Path], tmp_path: P
 
 def _controlling_terminal() -> None:
     """In the child, in a session of its own: make the terminal on its stdin the session's
-    controlling terminal, as a login shell's is."""
+    controlling terminal, as a login shell's is, with SIGHUP's default action there (a test
+    run started under ``nohup`` would hand down an ignored SIGHUP, which the command rightly
+    keeps ignoring)."""
     _as_in_a_terminal()
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
