@@ -56,7 +56,7 @@ def test_the_next_writer_sweeps_what_a_killed_one_left(tmp_path):
 
 
 def test_no_sweep_unless_asked(tmp_path):
-    """Small files written many to a folder (label PNGs) do not list the folder each time."""
+    """Small files, many to a folder (label PNGs), do not list the folder at each write."""
     target = tmp_path / "a.png"
     left = _killed_mid_write(target)
     with atomic_path(target) as tmp:
