@@ -72,7 +72,6 @@ def slides_in(folder: Path, exclude: Path | None = None) -> list[Path]:
     return [p for p in found if is_slide(p)]
 
 
-
 def artifacts_in(folder: Path, exclude: Path | None = None) -> list[Path]:
     """The ``.h5`` files under ``folder`` (recursive, sorted; hidden ones, e.g. a partial
     output, and anything under ``exclude`` left out)."""
